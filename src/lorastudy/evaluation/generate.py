@@ -1,0 +1,67 @@
+"""Batched generation for every learning benchmark: left padding, KV cache, greedy or sampled, stop strings.
+
+The same call serves a base model, a full fine-tuning checkpoint and a peft LoRA model.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Cut a completion at the first stop sequence (generation may overshoot within a batch)."""
+    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+@torch.no_grad()
+def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_p: float = 1.0, n: int = 1, stop: Sequence[str] = (), batch_size: int = 32, seed: int = 0,
+             progress: bool = True, desc: str = "generate") -> list[list[str]]:
+    """n completions per prompt (greedy when temperature is 0), each cut at the first stop sequence."""
+    if tok.padding_side != "left":
+        tok.padding_side = "left"
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    sample = temperature > 0
+    gen_kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=n, use_cache=True,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )
+    if sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        if n > 1:
+            raise ValueError("greedy decoding gives one completion per prompt; set temperature > 0 for n > 1")
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    if stop:
+        gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
+    per_batch = max(1, batch_size // n)
+    out: list[list[str]] = []
+    for start in tqdm(range(0, len(prompts), per_batch), desc=desc, disable=not progress, leave=False):
+        chunk = list(prompts[start:start + per_batch])
+        ids, mask = left_padded(tok, chunk)
+        gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **gen_kwargs)
+        texts = tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+        texts = [truncate_at_stop(t, stop) for t in texts]
+        out += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
+    model.train(was_training)
+    return out
+
+
+def left_padded(tok: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """bos + prompt tokens (as in training), left-padded so that generation continues every row at once."""
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    seqs = [bos + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, seq in enumerate(seqs):
+        ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[r, width - len(seq):] = 1
+    return ids, mask

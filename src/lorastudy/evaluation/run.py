@@ -1,0 +1,158 @@
+"""Per-run evaluation: every checkpoint of a trained run (and the base, once, cached) on the profile's sets.
+
+Writes tidy rows (run, checkpoint, metric, value) atomically, one file per checkpoint, so an interrupted
+evaluation resumes where it stopped.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorastudy import prompts
+from lorastudy.config import GenerationEval, Profile, RunSpec
+from lorastudy.io import read_json, write_json, write_jsonl
+from lorastudy.sources import load_spec
+
+BASE_ID = "base"
+
+
+def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
+                  out_dir: Path | None = None) -> dict[str, Any]:
+    """GSM8K-style: k-shot prompts, greedy by default, strict and flexible extraction."""
+    from lorastudy.evaluation.math import score_gsm8k
+
+    problems = load_spec(profile, cfg.dataset)
+    shots = _math_shots(profile, cfg)
+    texts = [prompts.math_fewshot(p.question, shots) for p in problems]
+    comps = generate_for(model, tok, texts, cfg, prompts.MATH_STOP, progress, "math")
+    preds = [{"idx": i, "question": p.question, "completion": c[0]} for i, (p, c) in enumerate(zip(problems, comps))]
+    scored = score_gsm8k(preds, problems)
+    if out_dir is not None:
+        write_jsonl(out_dir / "math_predictions.jsonl", preds)
+    return {"strict_match": scored["strict_match"], "flexible_extract": scored["flexible_extract"], "n": scored["n"]}
+
+
+def _math_shots(profile: Profile, cfg: GenerationEval) -> list[tuple[str, str]]:
+    """Few-shot examples come from the math training set (never the test set)."""
+    if cfg.shots == 0:
+        return []
+    from lorastudy.data.records import MathProblem
+
+    pool = [r for r in load_spec(profile, profile.data["math"]["ift"]) if isinstance(r, MathProblem)]
+    if not pool:
+        from lorastudy.training import to_pair
+
+        pool_pairs = [to_pair(r, "math") for r in load_spec(profile, profile.data["math"]["ift"])]
+        return [(p.removeprefix("Question: ").removesuffix("\nAnswer:"), a.strip()) for p, a in pool_pairs[:cfg.shots]]
+    return [(p.question, p.answer) for p in pool[:cfg.shots]]
+
+
+def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
+                  out_dir: Path | None = None) -> dict[str, Any]:
+    """HumanEval-style: n samples per task, each run in the sandbox; pass@k and unique completions."""
+    from lorastudy.evaluation.code import evaluate_samples
+
+    tasks = load_spec(profile, cfg.dataset)
+    comps = generate_for(model, tok, [t.prompt for t in tasks], cfg, prompts.CODE_STOP, progress, "code")
+    samples = [{"task_id": t.task_id, "completion": c} for t, cs in zip(tasks, comps) for c in cs]
+    result = evaluate_samples(samples, {t.task_id: t for t in tasks}, ks=tuple(cfg.ks), timeout=cfg.timeout,
+                              progress=progress)
+    if out_dir is not None:
+        write_jsonl(out_dir / "code_samples.jsonl",
+                    [{**s, **r} for s, r in zip(samples, result["samples"])])
+    return {k: v for k, v in result.items() if k != "samples"}
+
+
+def generate_for(model: Any, tok: Any, texts: list[str], cfg: GenerationEval, stop: list[str], progress: bool,
+                 desc: str) -> list[list[str]]:
+    from lorastudy.evaluation.generate import generate
+
+    return generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                    top_p=cfg.top_p, n=cfg.n_samples, stop=stop, batch_size=cfg.batch_size, progress=progress,
+                    desc=desc)
+
+
+def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str], progress: bool = True,
+                   out_dir: Path | None = None) -> dict[str, float]:
+    """All metrics of one model: learning on `domains`, forgetting (and its mean), held-out losses."""
+    from lorastudy.evaluation.choice import heldout_loss, score_choice
+
+    metrics: dict[str, float] = {}
+    for domain in domains:
+        cfg = profile.eval.learning[domain]
+        if domain == "math":
+            r = evaluate_math(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
+            metrics.update({"gsm8k_strict_match": r["strict_match"], "gsm8k_flexible_extract": r["flexible_extract"],
+                            f"learning_{domain}": r["strict_match"]})
+        else:
+            r = evaluate_code(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
+            metrics.update({f"humaneval_{k}": v for k, v in r.items() if k.startswith(("pass@", "unique_"))})
+            metrics[f"learning_{domain}"] = r["pass@1"]
+    forgetting = []
+    for name, cfg in profile.eval.forgetting.items():
+        r = score_choice(model, tok, load_spec(profile, cfg.dataset), shots=cfg.shots,
+                         batch_size=profile.eval.batch_size, progress=progress)
+        metrics[f"{name}_acc"], metrics[f"{name}_acc_norm"] = r["acc"], r["acc_norm"]
+        forgetting.append(r[cfg.metric])
+    if forgetting:
+        metrics["forgetting_avg"] = sum(forgetting) / len(forgetting)
+    from lorastudy.training import to_text
+
+    for name, spec in profile.eval.heldout.items():
+        texts = [to_text(r) for r in load_spec(profile, spec)]
+        metrics[f"heldout_{name}_loss"] = heldout_loss(model, tok, texts, seq_len=profile.training.seq_len,
+                                                       batch_size=profile.eval.batch_size)["loss"]
+    return metrics
+
+
+def _rows(run_id: str, meta: dict[str, Any], metrics: dict[str, float], seconds: float) -> list[dict[str, Any]]:
+    keep = ("checkpoint", "duration", "duration_unit", "tokens_seen", "step")
+    base = {"run_id": run_id, **{k: meta.get(k) for k in keep}, "eval_seconds": seconds}
+    return [{**base, "metric": m, "value": float(v)} for m, v in metrics.items()]
+
+
+def evaluate_base(profile: Profile, out_root: Path, *, progress: bool = True) -> list[dict[str, Any]]:
+    """The base model on everything (both domains), cached at out_root/base/eval.json."""
+    from lorastudy.modeling import load_base
+
+    path = out_root / BASE_ID / "eval.json"
+    if path.is_file():
+        return read_json(path)["rows"]
+    model, tok = load_base(profile)
+    start = time.perf_counter()
+    metrics = evaluate_model(model, tok, profile, domains=list(profile.eval.learning), progress=progress,
+                             out_dir=path.parent)
+    meta = {"checkpoint": "base", "duration": 0, "duration_unit": None, "tokens_seen": 0, "step": 0}
+    rows = _rows(BASE_ID, meta, metrics, time.perf_counter() - start)
+    write_json(path, {"rows": rows})
+    return rows
+
+
+def evaluate_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Every checkpoint of a trained run; each checkpoint's rows are cached in run_dir/eval/<checkpoint>.json."""
+    from lorastudy.modeling import load_finetuned, load_tokenizer, base_source
+
+    summary = read_json(run_dir / "train.json")
+    tok = load_tokenizer(profile.base.tokenizer or base_source(profile), profile.base.revision)
+    rows: list[dict[str, Any]] = []
+    for meta in summary["checkpoints"]:
+        path = run_dir / "eval" / f"{meta['checkpoint']}.json"
+        if not path.is_file():
+            ckpt = run_dir / "checkpoints" / meta["checkpoint"]
+            model = load_finetuned(profile, spec, ckpt).to(_device())
+            start = time.perf_counter()
+            metrics = evaluate_model(model, tok, profile, domains=[spec.domain], progress=progress,
+                                     out_dir=path.parent / meta["checkpoint"])
+            write_json(path, {"rows": _rows(spec.run_id, meta, metrics, time.perf_counter() - start)})
+            del model
+        rows += read_json(path)["rows"]
+    return rows
+
+
+def _device() -> torch.device:
+    from lorastudy.modeling import device
+
+    return device()

@@ -1,0 +1,94 @@
+"""The mini base: a word-level tokenizer and a small Llama pre-trained on the mini world, built once and cached.
+
+It stands in for Llama-2-7B: it must *know* the source domain (facts about people) before fine-tuning,
+so that forgetting can be measured; its source multiple-choice accuracy is printed and stored.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+from lorastudy.config import Profile
+from lorastudy.io import read_jsonl, write_json
+
+
+def _strings(obj: Any) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def world_texts(world: Path) -> list[str]:
+    """Every string in every file of the world: the tokenizer's closed vocabulary."""
+    return [s for f in sorted(world.glob("*.jsonl")) for row in read_jsonl(f) for s in _strings(row)]
+
+
+def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Tokenizer + Llama pre-trained on `pretrain.jsonl`; saved atomically to `out` with base.json."""
+    from lorastudy.modeling import world_dir
+    from lorastudy.tokenizer import build_tokenizer
+    from lorastudy.training import fit, pack_cpt, training_arguments
+
+    arch, pre = profile.base.architecture, profile.base.pretrain
+    world = world_dir(profile)
+    tok = build_tokenizer(world_texts(world))
+    texts = [r["text"] for r in read_jsonl(world / "pretrain.jsonl")]
+    set_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_heads,
+        max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    examples = pack_cpt(texts, tok, pre.seq_len)
+    steps = max(1, math.ceil(pre.epochs * len(examples) / pre.batch_size))
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = training_arguments(tmp, lr=pre.learning_rate, batch=pre.batch_size, accum=1, max_steps=steps, seed=0,
+                              regime="ift", profile=profile, weight_decay=pre.weight_decay, progress=progress,
+                              warmup_ratio=pre.warmup_ratio)
+    start = time.perf_counter()
+    ckpt = fit(model, examples, out=tmp, args=args, pad_id=tok.pad_token_id, at_steps={}, unit="tokens")
+    wall = time.perf_counter() - start
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(tmp / "trainer", ignore_errors=True)
+    summary = {
+        "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
+        "pretrain_tokens": ckpt.counter.tokens, "steps": steps, "wall_time_s": wall,
+        "tokens_per_s": ckpt.counter.tokens / wall, "final_loss": next(
+            (h["loss"] for h in reversed(ckpt.log_history) if "loss" in h), None),
+        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in ckpt.log_history if "loss" in h],
+        "world": str(world), "source_mc": source_mc_accuracy(profile, model, tok),
+    }
+    write_json(tmp / "base.json", summary)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    if progress:
+        print(json.dumps({k: summary[k] for k in ("parameters", "pretrain_tokens", "wall_time_s", "source_mc")}, indent=1))
+    return summary
+
+
+@torch.no_grad()
+def source_mc_accuracy(profile: Profile, model: torch.nn.Module, tok: Any) -> dict[str, float]:
+    """Accuracy on the profile's forgetting sets: the base must know the source domain far above chance."""
+    from lorastudy.evaluation.choice import score_choice
+    from lorastudy.sources import load_spec
+
+    model.eval()
+    return {name: score_choice(model, tok, load_spec(profile, cfg.dataset), shots=cfg.shots,
+                               batch_size=profile.eval.batch_size, progress=False)[cfg.metric]
+            for name, cfg in profile.eval.forgetting.items()}

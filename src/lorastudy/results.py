@@ -1,0 +1,52 @@
+"""The tidy results table: one row per (run, checkpoint, metric), with the run's resolved settings beside it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lorastudy.config import Profile, plan_runs
+from lorastudy.io import atomic_path, read_json
+
+RUN_COLUMNS = ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
+               "weight_decay", "attention_dropout", "use_rslora", "seed", "arm"]
+COLUMNS = [*RUN_COLUMNS, "status", "checkpoint", "duration_unit", "duration", "tokens_seen", "step", "metric", "value"]
+
+
+def run_dir(out_root: Path, run_id: str) -> Path:
+    return out_root / "runs" / run_id
+
+
+def collect(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
+    """Every finished run's rows plus the base model's (method 'base', duration 0), as a DataFrame."""
+    out_root = out_root or profile.out_dir()
+    rows: list[dict[str, Any]] = []
+    base = out_root / "base" / "eval.json"
+    if base.is_file():
+        rows += [{**r, "method": "base", "status": "completed"} for r in read_json(base)["rows"]]
+    for spec in plan_runs(profile):
+        path = run_dir(out_root, spec.run_id) / "results.json"
+        if path.is_file():
+            res = read_json(path)
+            rows += [{**spec.to_dict(), **r, "status": res["status"]} for r in res["rows"]]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(["run_id", "tokens_seen", "metric"], kind="stable").reset_index(drop=True)
+
+
+def write_table(df: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:
+    """CSV or parquet, atomically; the format follows the suffix unless given."""
+    fmt = fmt or ("parquet" if path.suffix == ".parquet" else "csv")
+    if fmt not in {"csv", "parquet"}:
+        raise ValueError(f"format must be csv or parquet, not {fmt!r}")
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False) if fmt == "parquet" else df.to_csv(tmp, index=False)
+    return path
+
+
+def wide(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """One row per (run, checkpoint) with a column per metric: what plots and tables read."""
+    if metrics:
+        df = df[df.metric.isin(metrics)]
+    index = [c for c in COLUMNS if c not in {"metric", "value"}]
+    return df.set_index([*index, "metric"])["value"].unstack("metric").reset_index()

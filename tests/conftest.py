@@ -1,0 +1,26 @@
+"""Shared fixtures: where the read-only real data lives (../shared/data by default)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shared-data",
+        default=os.environ.get("LORASTUDY_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
+        help="folder with the real offline data files (GSM8K, HumanEval, ...); env LORASTUDY_SHARED_DATA",
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_data(request: pytest.FixtureRequest) -> Path:
+    """The shared data folder; tests that need it skip with a clear reason when it is absent."""
+    path = Path(request.config.getoption("--shared-data"))
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} not found (set --shared-data or LORASTUDY_SHARED_DATA)")
+    return path
