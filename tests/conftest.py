@@ -15,6 +15,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("LORASTUDY_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
         help="folder with the real offline data files (GSM8K, HumanEval, ...); env LORASTUDY_SHARED_DATA",
     )
+    parser.addoption("--run-slow", action="store_true", help="also run the slow end-to-end tests")
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +25,16 @@ def shared_data(request: pytest.FixtureRequest) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} not found (set --shared-data or LORASTUDY_SHARED_DATA)")
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: long end-to-end tests, run with --run-slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test: run with --run-slow (make test-all)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -25,6 +25,12 @@ security boundary. Here every program gets its own process tree, and the kernel 
 * stdout and stderr go to one file (never a pipe that could fill up and block), bounded by RLIMIT_FSIZE,
   and only its last `output_limit` bytes are read back.
 
+Known limits: no mount namespace is made, so a program can write (files of at most RLIMIT_FSIZE each, for at
+most `timeout` seconds) to world-writable places such as /tmp, and those files outlive the run; it can read
+whatever `nobody` may read. Without a PID namespace, a child that calls `setsid()` escapes the final
+`killpg` (it still carries RLIMIT_CPU). Processes of a killed PID namespace are reaped by the kernel a few
+milliseconds after `run_program` returns.
+
 Pass only on a positive signal. An exit status of 0 is never enough (`sys.exit(0)` or `os._exit(0)` before
 the tests would otherwise pass). The parent draws a random nonce per run and sends it through the child's
 stdin pipe, which the trusted bootstrap reads to the end (and replaces by /dev/null) before any untrusted
@@ -56,7 +62,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,27 @@ def user_tasks(uid):
     return count
 
 
+def reroute_unreadable(dirfds):
+    # An interpreter installed under a private directory (e.g. pyenv in /root, mode 0700) cannot import
+    # anything more once the process is `nobody`. Directory fds opened while root still work through
+    # /proc/self/fd (a process may always use its own fds), and expose no more than those trees' own
+    # permission bits allow. Rewrites sys.path and the __path__ of packages already imported (encodings).
+    blocked = sorted((p for p in dirfds if not os.access(p, os.R_OK | os.X_OK)), key=len, reverse=True)
+
+    def via_fd(path):
+        for root in blocked:
+            if path == root or path.startswith(root + "/"):
+                return "/proc/self/fd/%d%s" % (dirfds[root], path[len(root):])
+        return path
+
+    sys.path[:] = [via_fd(p) for p in sys.path]
+    for module in list(sys.modules.values()):
+        paths = getattr(module, "__path__", None)
+        if type(paths) is list:
+            paths[:] = [via_fd(p) for p in paths]
+    sys.path_importer_cache.clear()
+
+
 def set_limits(cfg):
     import resource
 
@@ -135,6 +162,12 @@ def main():
     with open(cfg["program"], "rb") as fh:
         source = fh.read()
     libc = ctypes.CDLL(None, use_errno=True)
+    import resource, types  # noqa: F401  (imported while the stdlib is surely readable)
+    dirfds = {}
+    if cfg["uid"] != "-":
+        for path in sys.path:
+            if os.path.isdir(path):
+                dirfds[path] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     flags = int(cfg["unshare"])
     if flags and libc.unshare(flags) != 0:
         fatal("unshare: " + os.strerror(ctypes.get_errno()))
@@ -151,6 +184,7 @@ def main():
             os.setgroups([])
             os.setgid(int(cfg["gid"]))
             os.setuid(int(cfg["uid"]))
+            reroute_unreadable(dirfds)
         libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         os.set_blocking(r_alive, False)
@@ -162,7 +196,7 @@ def main():
         os.close(r_alive)
         me = os.getpid()
         child = os.fork()
-    except OSError as exc:
+    except Exception as exc:
         fatal(repr(exc))
     if child:
         os.close(sig_fd)
@@ -172,10 +206,8 @@ def main():
         if os.getppid() != me:
             os._exit(137)
         set_limits(cfg)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
         fatal(repr(exc))
-    import types
-
     module = types.ModuleType("__sandbox__")
     sys.modules["__sandbox__"] = module
     exec(compile(source, cfg["program"], "exec"), module.__dict__)
@@ -356,7 +388,7 @@ def run_program(
             returncode, timed_out, signalled = _execute(root, work, out, nonce, caps, timeout=timeout,
                                                         memory_mb=memory_mb, max_procs=max_procs,
                                                         file_size_mb=file_size_mb)
-            output = _read_tail(out, output_limit)
+            output, size = _read_tail(out, output_limit)
     finally:
         _remove_tree(root)
     elapsed = time.monotonic() - start
@@ -364,6 +396,8 @@ def run_program(
         return SandboxResult(PASSED, "", output, elapsed)
     if timed_out:
         return SandboxResult(TIMED_OUT, f"timed out after {timeout:g} s", output, elapsed)
+    if size >= file_size_mb * 2**20:
+        return SandboxResult(FAILED, f"output exceeded the {file_size_mb} MiB file size limit", output, elapsed)
     return SandboxResult(FAILED, _failure_detail(returncode, output), output, elapsed)
 
 
@@ -378,7 +412,7 @@ def _prepare_dir(root: Path, program: str, caps: _Caps) -> Path:
     return work
 
 
-def _execute(root: Path, work: Path, out, nonce: bytes, caps: _Caps, *, timeout: float, memory_mb: int,
+def _execute(root: Path, work: Path, out: BinaryIO, nonce: bytes, caps: _Caps, *, timeout: float, memory_mb: int,
              max_procs: int, file_size_mb: int) -> tuple[int, bool, bool]:
     """Spawn the bootstrap, wait up to `timeout`, kill the group; return (returncode, timed_out, signalled)."""
     r_sig, w_sig = os.pipe()
@@ -397,7 +431,7 @@ def _execute(root: Path, work: Path, out, nonce: bytes, caps: _Caps, *, timeout:
         env = {"PATH": _DEFAULT_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOTSTRAP, *(f"{k}={v}" for k, v in cfg.items())],
+            [sys.executable, "-I", "-u", "-c", _BOOTSTRAP, *(f"{k}={v}" for k, v in cfg.items())],
             stdin=r_in, stdout=out, stderr=out, pass_fds=(w_sig,), cwd=root, env=env, start_new_session=True,
         )
         os.close(w_sig)
@@ -450,11 +484,11 @@ def _read_signal(fd: int) -> bytes:
         return b""
 
 
-def _read_tail(fh, limit: int) -> str:
-    """The last `limit` bytes of the output file (the file itself is bounded by RLIMIT_FSIZE)."""
+def _read_tail(fh: BinaryIO, limit: int) -> tuple[str, int]:
+    """The last `limit` bytes of the output file (bounded by RLIMIT_FSIZE) and the file's size."""
     size = os.fstat(fh.fileno()).st_size
     fh.seek(max(0, size - limit))
-    return fh.read(limit).decode("utf-8", errors="replace")
+    return fh.read(limit).decode("utf-8", errors="replace"), size
 
 
 def _failure_detail(returncode: int, output: str) -> str:

