@@ -74,7 +74,7 @@ def test_metric_vs_duration_draws_four_panels_with_one_line_per_method_and_the_b
     full = code_cpt.get_lines()[0]
     assert list(full.get_xdata()) == [1e5, 2e5, 4e5]
     assert full.get_ydata()[0] == pytest.approx(0.305)  # the mean of seeds 0 and 1
-    assert len(fig.axes[-1].get_legend().get_texts()) == 4
+    assert len(fig.axes[1].get_legend().get_texts()) == 4  # beside the top-right panel
 
 
 def test_ranks_get_an_ordered_palette_and_full_its_own_colour():
@@ -83,6 +83,9 @@ def test_ranks_get_an_ordered_palette_and_full_its_own_colour():
     assert lines["full"].get_color() == plots.FULL_COLOUR
     small, large = (np.mean(plt.matplotlib.colors.to_rgb(lines[k].get_color())) for k in ("LoRA r=4", "LoRA r=16"))
     assert large < small  # a larger rank is darker
+    with_paper = metric_vs_duration(synthetic_results(), "forgetting_avg", paper=paper_tables())
+    same = {line.get_label(): line.get_color() for line in with_paper.axes[0].get_lines()}
+    assert same["LoRA r=16"] == lines["LoRA r=16"].get_color()  # a rank keeps its colour across figures
 
 
 def test_missing_panels_say_not_run_and_one_seed_has_no_band():
@@ -135,7 +138,7 @@ def test_tradeoff_connects_each_runs_checkpoints_and_stars_the_base():
     assert len(sizes) == 3 and sizes[0] < sizes[-1]  # marker size grows with duration
     star = points[-1]
     assert star.get_offsets()[0].tolist() == pytest.approx([0.05, 0.90])
-    texts = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    texts = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert texts == ["full", "LoRA r=4", "LoRA r=16", "base model"]
 
 

@@ -56,7 +56,7 @@ def test_lora_trains_only_adapter_parameters(model) -> None:
 @pytest.mark.parametrize("targets", ["attention", "mlp"])
 def test_lora_target_module_choice(model, targets: str) -> None:
     peft_model = apply_lora(model, lora_spec(2, targets), load_profile("tiny"))
-    adapted = {n.split(".")[-3] for n, _ in peft_model.named_parameters() if "lora_A" in n}
+    adapted = {n.split(".")[-4] for n, _ in peft_model.named_parameters() if "lora_A" in n}
     assert adapted == set(TARGET_MODULES[targets])
 
 

@@ -10,6 +10,7 @@ notebook assign it (`fig = ...`) so that it is shown once.
 """
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,13 +27,16 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from lorastudy.io import atomic_path
 from lorastudy.paper import PAPER_HIDDEN_SIZE, PAPER_MODEL, paper_tables
 
-__all__ = ["FULL_COLOUR", "BASE_COLOUR", "PANELS", "style", "rank_colours", "method_label",
+__all__ = ["FULL_COLOUR", "BASE_COLOUR", "PANELS", "style", "rank_colour", "method_label",
            "metric_vs_duration", "tradeoff", "savefig", "paper_tables"]
 
 FULL_COLOUR = "#c44e52"
 BASE_COLOUR = "0.45"
 RANK_PALETTE = "crest"
-PANELS = [("code", "cpt"), ("code", "ift"), ("math", "cpt"), ("math", "ift")]
+RANK_RANGE = (2, 512)
+DOMAINS = ("code", "math")
+REGIMES = ("cpt", "ift")
+PANELS = list(itertools.product(DOMAINS, REGIMES))  # the panel order of every figure (row-major)
 # run settings besides method and rank; when one still varies inside a panel it splits the lines
 SETTINGS = {"lora_alpha": "α", "target_modules": "modules", "learning_rate": "lr", "weight_decay": "wd",
             "attention_dropout": "dropout", "use_rslora": "rslora"}
@@ -44,7 +48,7 @@ _styled = False
 
 
 def style() -> None:
-    """Apply the house style (white grid, compact fonts, tight PNGs); every figure function calls it once."""
+    """Apply the house style (white grid, compact fonts, tight PNGs); figure functions apply it if nobody has."""
     global _styled
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85,
                   rc={"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight", "legend.frameon": False,
@@ -57,12 +61,12 @@ def _ensure_style() -> None:
         style()
 
 
-def rank_colours(ranks: Any) -> dict[int, tuple[float, float, float]]:
-    """One colour per LoRA rank, ordered so that more capacity reads darker; the palette's lightest end is
-    left out so that the smallest rank stays visible on white."""
-    ordered = sorted({int(r) for r in ranks if pd.notna(r)})
-    cmap = sns.color_palette(RANK_PALETTE, as_cmap=True)
-    return {r: cmap(x)[:3] for r, x in zip(ordered, np.linspace(0.3, 1.0, len(ordered)))}
+def rank_colour(rank: float) -> tuple[float, float, float]:
+    """The colour of a LoRA rank: darker for more capacity, on a fixed log2 scale (r = 2 … 512) so that a
+    rank keeps its colour in every figure of the book, whichever other ranks share the figure."""
+    low, high = np.log2(RANK_RANGE)
+    position = float(np.clip((np.log2(max(rank, 1)) - low) / (high - low), 0, 1))
+    return sns.color_palette(RANK_PALETTE, as_cmap=True)(0.25 + 0.75 * position)[:3]  # skip the palest end
 
 
 def _percent(fraction: float) -> str:
@@ -111,7 +115,7 @@ def _base_value(df: pd.DataFrame, domain: str, metric: str) -> float:
 
 
 class _Legend:
-    """Legend entries of one row of panels, deduplicated and ordered full → LoRA by rank → base."""
+    """Legend entries of one block of panels, deduplicated and ordered full → LoRA by rank → base."""
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[tuple, Any]] = {}
@@ -127,7 +131,7 @@ class _Legend:
                   loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0)
 
 
-def _series(rows: pd.DataFrame, extra: list[str], colours: dict[int, Any],
+def _series(rows: pd.DataFrame, extra: list[str],
             hidden_size: int | None) -> Iterator[tuple[str, tuple, dict[str, Any], pd.DataFrame]]:
     """Rows per line with its label, legend order and line style; lines differ by method, rank and
     the `extra` settings; seeds (and runs that differ only by seed) share a line."""
@@ -139,7 +143,7 @@ def _series(rows: pd.DataFrame, extra: list[str], colours: dict[int, Any],
                            *(_format_setting(c, v) for c, v in zip(extra, values) if pd.notna(v))])
         ident = (method, -1 if pd.isna(rank) else int(rank))
         n = seen[ident] = seen.get(ident, -1) + 1
-        colour = FULL_COLOUR if method != "lora" else colours[int(rank)]
+        colour = FULL_COLOUR if method != "lora" else rank_colour(rank)
         order = (0 if method != "lora" else 1, ident[1], n)
         yield label, order, {"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)]}, group
 
@@ -181,47 +185,46 @@ def _title(domain: str, regime: str, row: str | None) -> str:
     return f"{row}: {panel}" if row else panel
 
 
-PanelDrawer = Callable[[Axes, pd.DataFrame, str, str, dict[int, Any], int | None, _Legend], bool]
+PanelDrawer = Callable[[Axes, pd.DataFrame, str, str, int | None, _Legend], bool]
 
 
 def _grid(df: pd.DataFrame, paper: pd.DataFrame | None, draw: PanelDrawer, *, ylabel: str,
           hidden_size: int | None, legend_title: str | None = None) -> Figure:
-    """One row of the four panels for our table and, with `paper`, a second row for the paper's; `draw`
-    fills a panel and says whether it had data ('not run' otherwise)."""
+    """A 2×2 block of panels (rows: code, math; columns: CPT, IFT) for our table and, with `paper`, a
+    second block below for the paper's; `draw` fills a panel and says whether it had data."""
     _ensure_style()
-    rows: list[tuple[str | None, pd.DataFrame, int | None]] = [(None, df, hidden_size)]
+    blocks: list[tuple[str | None, pd.DataFrame, int | None]] = [(None, df, hidden_size)]
     if paper is not None:
-        rows.append((PAPER_ROW, paper, PAPER_HIDDEN_SIZE))
-    colours = rank_colours(pd.concat([r[1].lora_rank for r in rows]))
-    fig, axes = plt.subplots(len(rows), len(PANELS), figsize=(3.2 * len(PANELS) + 2.2, 3.0 * len(rows)),
-                             layout="constrained", squeeze=False)
-    for r, (row_label, data, d) in enumerate(rows):
+        blocks.append((PAPER_ROW, paper, PAPER_HIDDEN_SIZE))
+    fig, axes = plt.subplots(len(DOMAINS) * len(blocks), len(REGIMES), squeeze=False, layout="constrained",
+                             figsize=(3.4 * len(REGIMES) + 2.4, 2.7 * len(DOMAINS) * len(blocks)))
+    for b, (block_label, data, d) in enumerate(blocks):
         legend = _Legend()
-        for c, (domain, regime) in enumerate(PANELS):
-            ax = axes[r, c]
-            ax.set_title(_title(domain, regime, row_label))
-            if not draw(ax, data, domain, regime, colours, d, legend):
-                _not_run(ax, "not run" if row_label is None else "not in the paper")
-        axes[r, 0].set_ylabel(ylabel)
-        legend.draw(axes[r, -1], legend_title)
+        for (i, domain), (j, regime) in itertools.product(enumerate(DOMAINS), enumerate(REGIMES)):
+            ax = axes[b * len(DOMAINS) + i, j]
+            ax.set_title(_title(domain, regime, block_label))
+            if j == 0:
+                ax.set_ylabel(ylabel)
+            if not draw(ax, data, domain, regime, d, legend):
+                _not_run(ax, "not run" if block_label is None else "not in the paper")
+        legend.draw(axes[b * len(DOMAINS), -1], legend_title)
     return fig
 
 
 def metric_vs_duration(df: pd.DataFrame, metric: str, *, paper: pd.DataFrame | None = None,
                        ylabel: str | None = None, hidden_size: int | None = None) -> Figure:
-    """Figs 1 and 2: `metric` against training duration, one line per method/rank, in four panels (code
-    CPT, code IFT, math CPT, math IFT).
+    """Figs 1 and 2: `metric` against training duration, one line per method/rank, in four panels (rows:
+    code, math; columns: CPT, IFT).
 
     metric: 'learning' (each panel's `learning_<domain>`), 'forgetting_avg' or any metric of the table.
     Lines are the mean over seeds with a min–max band where several seeds exist; the base model is a dashed
     line. `paper` (from `paper_tables()`) adds the paper's row; `hidden_size` labels ranks as fractions of d.
     """
-    def draw(ax: Axes, data: pd.DataFrame, domain: str, regime: str, colours: dict[int, Any],
-             d: int | None, legend: _Legend) -> bool:
+    def draw(ax: Axes, data: pd.DataFrame, domain: str, regime: str, d: int | None, legend: _Legend) -> bool:
         rows = _panel_rows(data, domain, regime, metric)
         if rows.empty:
             return False
-        for label, order, kw, group in _series(rows, _varying_settings(rows), colours, d):
+        for label, order, kw, group in _series(rows, _varying_settings(rows), d):
             stats = group.groupby("duration").value.agg(["mean", "min", "max", "count"]).sort_index()
             (line,) = ax.plot(stats.index, stats["mean"], marker="o", label=label, **kw)
             if (stats["count"] > 1).any():
@@ -250,15 +253,14 @@ def tradeoff(df: pd.DataFrame, *, learning_metric: str = "learning", forgetting_
     """Fig 3: learning (x) against forgetting (y), one line through the checkpoints of each run, marker
     size = duration, the base model as a star; compares methods at equal learning rather than equal
     learning rate. `paper` adds the paper's row (its conditions count as runs)."""
-    def draw(ax: Axes, data: pd.DataFrame, domain: str, regime: str, colours: dict[int, Any],
-             d: int | None, legend: _Legend) -> bool:
+    def draw(ax: Axes, data: pd.DataFrame, domain: str, regime: str, d: int | None, legend: _Legend) -> bool:
         learn = _panel_rows(data, domain, regime, learning_metric)
         forget = _panel_rows(data, domain, regime, forgetting_metric)[["run_id", "duration", "value"]]
         points = learn.merge(forget, on=["run_id", "duration"], suffixes=("", "_y"))
         if points.empty:
             return False
         sizes = pd.Series(_marker_sizes(points.duration), index=points.index)
-        for label, order, kw, group in _series(points, _varying_settings(points), colours, d):
+        for label, order, kw, group in _series(points, _varying_settings(points), d):
             for _, run in group.sort_values("duration").groupby("run_id", sort=True):
                 (line,) = ax.plot(run.value, run.value_y, lw=1, alpha=0.8, **kw)
                 ax.scatter(run.value, run.value_y, s=sizes[run.index], color=kw["color"], zorder=3,

@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
+    ProgressCallback,
     TrainingArguments,
     set_seed,
 )
@@ -151,6 +152,14 @@ class Checkpointer(TrainerCallback):
         self.saved.append(meta)
 
 
+class QuietProgress(ProgressCallback):
+    """Trainer's progress bar without a printed dict per logging step (the loss curve is stored instead)."""
+
+    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+
+
 class CountingCollator(PadCollator):
     """PadCollator that also counts the real tokens handed to the model."""
 
@@ -196,7 +205,7 @@ def training_arguments(out: Path, *, lr: float, batch: int, accum: int, max_step
         max_steps=max_steps, logging_steps=1, logging_nan_inf_filter=False, save_strategy="no", report_to=[],
         seed=seed, data_seed=seed, bf16=bf16, use_cpu=not cuda, dataloader_num_workers=0,
         disable_tqdm=not progress, remove_unused_columns=False, optim=_optim_name(t.optimizer),
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
     )
 
 
@@ -212,6 +221,9 @@ def fit(model: PreTrainedModel, examples: list[dict], *, out: Path, args: Traini
     collator = CountingCollator(pad_id)
     ckpt = Checkpointer(out, at_steps, unit, collator)
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[ckpt])
+    if not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(QuietProgress())
     trainer.train()
     ckpt.log_history = trainer.state.log_history  # type: ignore[attr-defined]
     return ckpt

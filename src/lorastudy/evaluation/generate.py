@@ -9,6 +9,19 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+
+class StopOnStrings(StoppingCriteria):
+    """Per-sequence stop when the decoded continuation contains a stop string. Written here because
+    transformers' StopStringCriteria assumes a BPE-style vocabulary and rejects word-level tokenizers."""
+
+    def __init__(self, tok: Any, stop: Sequence[str], prompt_len: int) -> None:
+        self.tok, self.stop, self.prompt_len = tok, list(stop), prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tok.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -39,14 +52,14 @@ def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: in
         if n > 1:
             raise ValueError("greedy decoding gives one completion per prompt; set temperature > 0 for n > 1")
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    if stop:
-        gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
     per_batch = max(1, batch_size // n)
     out: list[list[str]] = []
     for start in tqdm(range(0, len(prompts), per_batch), desc=desc, disable=not progress, leave=False):
         chunk = list(prompts[start:start + per_batch])
         ids, mask = left_padded(tok, chunk)
-        gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **gen_kwargs)
+        criteria = StoppingCriteriaList([StopOnStrings(tok, stop, ids.shape[1])] if stop else [])
+        gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), stopping_criteria=criteria,
+                             **gen_kwargs)
         texts = tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
         texts = [truncate_at_stop(t, stop) for t in texts]
         out += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]

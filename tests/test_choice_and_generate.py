@@ -1,0 +1,103 @@
+"""The multiple-choice scorer equals a brute-force per-option computation; batched generation with left
+padding equals one-prompt-at-a-time generation; held-out loss equals the model's own loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lorastudy.data.adapters import load_records
+from lorastudy.data.records import MCItem
+from lorastudy.evaluation.choice import heldout_loss, score_choice
+from lorastudy.evaluation.generate import generate, truncate_at_stop
+from lorastudy.tokenizer import build_tokenizer
+
+ITEMS = [
+    MCItem(options=(("Alice lives in", " Paris."), ("Alice lives in", " Rome."), ("Alice lives in", " Oslo and Rome."))
+           , gold=0, id="a"),
+    MCItem(options=(("Question: What pet does Bob have?\nAnswer:", " a cat"),
+                    ("Question: What pet does Bob have?\nAnswer:", " a big dog")), gold=1, id="b"),
+    MCItem(options=(("Alice said that Bob", " is a baker."), ("Carol said that Bob", " is a baker.")), gold=0, id="c",
+           meta={"partial": True}),
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = [c + x for it in ITEMS for c, x in it.options] + ["Tom has 3 apples. 3 + 4 = 7.\n#### 7\n\nQuestion:"]
+    return build_tokenizer(texts)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def brute_force_loglik(model, tok, context: str, continuation: str) -> float:
+    ctx = [tok.bos_token_id] + tok(context, add_special_tokens=False)["input_ids"]
+    cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    total = 0.0
+    with torch.no_grad():
+        for i, token in enumerate(cont):  # one forward per token, no batching, no padding
+            logits = model(torch.tensor([ctx + cont[:i]])).logits[0, -1]
+            total += float(torch.log_softmax(logits.float(), -1)[token])
+    return total
+
+
+def test_choice_scorer_equals_brute_force(model, tok) -> None:
+    res = score_choice(model, tok, ITEMS, batch_size=3, progress=False)
+    for item, rec in zip(ITEMS, res["records"]):
+        expected = [brute_force_loglik(model, tok, c, x) for c, x in item.options]
+        assert rec["loglik"] == pytest.approx(expected, abs=1e-4)
+        assert rec["pred"] == max(range(len(expected)), key=expected.__getitem__)
+        norm = [v / len(x.encode()) for v, (_, x) in zip(expected, item.options)]
+        assert rec["pred_norm"] == max(range(len(norm)), key=norm.__getitem__)
+    assert res["acc"] == sum(r["pred"] == it.gold for r, it in zip(res["records"], ITEMS)) / 3
+    assert res["chance"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 2) / 3)
+
+
+def test_choice_scorer_on_real_gauntlet_file(model, tok, shared_data) -> None:
+    items = load_records("hellaswag", str(shared_data / "hellaswag" / "hellaswag_small.jsonl"))
+    real_tok = build_tokenizer([c + x for it in items for c, x in it.options])
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(real_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    m = LlamaForCausalLM(cfg).eval()
+    res = score_choice(m, real_tok, items, batch_size=5, progress=False)
+    first = items[0]
+    expected = [brute_force_loglik(m, real_tok, c, x) for c, x in first.options]
+    assert res["records"][0]["loglik"] == pytest.approx(expected, abs=1e-3)
+    assert res["n"] == 4 and 0 <= res["acc_norm"] <= 1
+
+
+def test_batched_generation_equals_single(model, tok) -> None:
+    prompts = ["Alice lives in", "Question: What pet does Bob have?\nAnswer:", "Tom has 3 apples."]
+    batched = generate(model, tok, prompts, max_new_tokens=8, batch_size=3, progress=False)
+    single = [generate(model, tok, [p], max_new_tokens=8, batch_size=1, progress=False)[0] for p in prompts]
+    assert batched == single
+
+
+def test_sampling_gives_n_completions_and_is_seeded(model, tok) -> None:
+    a = generate(model, tok, ["Alice lives in"], max_new_tokens=6, temperature=1.0, n=4, seed=3, progress=False)
+    b = generate(model, tok, ["Alice lives in"], max_new_tokens=6, temperature=1.0, n=4, seed=3, progress=False)
+    assert len(a) == 1 and len(a[0]) == 4 and a == b
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, tok, ["x"], n=2, progress=False)
+
+
+def test_stop_sequences_cut_completions() -> None:
+    assert truncate_at_stop("    return x\ndef other():", ["\ndef", "\nclass"]) == "    return x"
+    assert truncate_at_stop(" 7.\n#### 7\n\nQuestion: next", ["\n\n", "Question:"]) == " 7.\n#### 7"
+    assert truncate_at_stop("no stop here", ["\n\n"]) == "no stop here"
+
+
+def test_heldout_loss_matches_model_loss(model, tok) -> None:
+    text = "Alice lives in Paris. Bob is a baker."
+    res = heldout_loss(model, tok, [text], seq_len=128)
+    ids = torch.tensor([[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]])
+    with torch.no_grad():
+        expected = float(model(ids, labels=ids).loss)
+    assert res["loss"] == pytest.approx(expected, rel=1e-5)

@@ -1,0 +1,112 @@
+"""The tiny study end to end through the CLI: sweep (papermill), results table, analyses and the book;
+a sweep killed with SIGKILL and re-run gives the same table; --continue-on-error records a failure and goes on."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from lorastudy.config import load_profile, plan_runs
+from lorastudy.results import collect
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "lorastudy.cli"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A private cache, so the tiny world and base are built once for this module and never from outputs/."""
+    return {**os.environ, "LORASTUDY_CACHE": str(tmp_path_factory.mktemp("cache")), "PYTHONUNBUFFERED": "1"}
+
+
+def sweep(args: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "sweep", *args], env=env, capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def table(out: Path) -> pd.DataFrame:
+    return collect(load_profile("tiny"), out)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-a")
+    proc = sweep(["tiny", "--output", str(out)], env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_sweep_runs_every_notebook_and_writes_results(uninterrupted: Path) -> None:
+    runs = plan_runs(load_profile("tiny"))
+    assert (uninterrupted / "base" / "00_base_model.ipynb").is_file()
+    for spec in runs:
+        d = uninterrupted / "runs" / spec.run_id
+        assert (d / "01_finetune.ipynb").is_file() and (d / "02_evaluate.ipynb").is_file()
+        assert (d / "results.json").is_file()
+    assert (uninterrupted / "analyses" / "10_learning_forgetting.ipynb").is_file()
+    df = pd.read_csv(uninterrupted / "results.csv")
+    assert set(df.run_id) == {"base", *(s.run_id for s in runs)}
+    for col in ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
+                "seed", "duration_unit", "duration", "tokens_seen", "metric", "value"]:
+        assert col in df.columns
+    assert {"forgetting_avg", "learning_code", "learning_math", "heldout_source_loss"} <= set(df.metric)
+
+
+def test_rerun_skips_finished_runs(uninterrupted: Path, env: dict[str, str]) -> None:
+    before = {p: p.stat().st_mtime for p in uninterrupted.glob("runs/*/results.json")}
+    proc = sweep(["tiny", "--output", str(uninterrupted), "--no-analyses"], env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already done" in proc.stdout
+    assert before == {p: p.stat().st_mtime for p in uninterrupted.glob("runs/*/results.json")}
+
+
+def test_results_command_writes_csv_and_parquet(uninterrupted: Path, env: dict[str, str], tmp_path: Path) -> None:
+    for fmt in ("csv", "parquet"):
+        out = tmp_path / f"r.{fmt}"
+        proc = subprocess.run([*CLI, "results", "tiny", "--output", str(uninterrupted), "--format", fmt, "--out",
+                               str(out)], env=env, capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        df = pd.read_parquet(out) if fmt == "parquet" else pd.read_csv(out)
+        assert len(df) == len(table(uninterrupted))
+
+
+def test_killed_sweep_resumes_to_the_same_table(uninterrupted: Path, env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    out = tmp_path / "tiny-b"
+    proc = subprocess.Popen([*CLI, "sweep", "tiny", "--output", str(out), "--no-analyses"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while not list(out.glob("runs/*/results.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        time.sleep(3)  # into the next run: training or evaluation is under way
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = list(out.glob("runs/*/results.json"))
+    assert 1 <= len(done) < len(plan_runs(load_profile("tiny"))), "the kill should land mid-sweep"
+    resumed = sweep(["tiny", "--output", str(out), "--no-analyses"], env, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = table(uninterrupted), table(out)
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=False, rtol=1e-6)
+
+
+def test_continue_on_error_records_failure_and_goes_on(env: dict[str, str], tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    raw["data"]["math"]["cpt"]["source"] = str(tmp_path / "missing.jsonl")
+    profile_path = tmp_path / "broken.yaml"
+    profile_path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "broken-out"
+    good, bad = "code-ift-lora-r8-a16-all-lr0.003-s0", "math-cpt-full-lr0.001-s0"
+    proc = sweep([str(profile_path), "--output", str(out), "--continue-on-error", "--no-analyses",
+                  "--only", bad, good], env, timeout=900)
+    assert proc.returncode == 1
+    assert f"FAILED {bad}" in proc.stderr and "FileNotFoundError" in proc.stderr
+    assert (out / "runs" / bad / "failed.json").is_file()
+    assert (out / "runs" / good / "results.json").is_file()
