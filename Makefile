@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PROFILE ?= mini
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-all mini tiny book reproduce sweep clean help
+.PHONY: setup browser test test-all mini tiny book reproduce sweep clean help
 
 help:
 	@echo "make setup | test | test-all | mini | tiny | book [PROFILE=..] | reproduce PROFILE=.. | clean"
@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# Debian's chromium for the book's headless image check; best effort (the check skips without it)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium not installed: the headless book check will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)

@@ -28,7 +28,7 @@ from lorastudy.io import atomic_path
 from lorastudy.paper import PAPER_HIDDEN_SIZE, PAPER_MODEL, paper_tables
 
 __all__ = ["FULL_COLOUR", "BASE_COLOUR", "PANELS", "style", "rank_colour", "method_label",
-           "metric_vs_duration", "tradeoff", "savefig", "paper_tables"]
+           "metric_vs_duration", "tradeoff", "savefig", "paper_tables", "loss_curve", "run_trajectory"]
 
 FULL_COLOUR = "#c44e52"
 BASE_COLOUR = "0.45"
@@ -283,3 +283,30 @@ def savefig(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
+
+
+def loss_curve(curve: list[dict[str, Any]], *, title: str = "") -> Figure:
+    """Training loss per optimizer step (a run's `loss_curve`), with a rolling mean to see through the noise."""
+    _ensure_style()
+    df = pd.DataFrame(curve)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(df.step, df.loss, color="0.75", lw=0.8, label="per step")
+    ax.plot(df.step, df.loss.rolling(max(1, len(df) // 20), min_periods=1).mean(), color=FULL_COLOUR, lw=1.6,
+            label="rolling mean")
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=title)
+    ax.legend()
+    return fig
+
+
+def run_trajectory(rows: pd.DataFrame, *, domain: str, title: str = "") -> Figure:
+    """One run's learning and forgetting at each of its checkpoints (the evaluation notebook's figure)."""
+    _ensure_style()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, metric, label in zip(axes, [f"learning_{domain}", "forgetting_avg"],
+                                 ["learning (target domain)", DEFAULT_LABELS["forgetting_avg"]]):
+        sel = rows[rows.metric == metric].sort_values("tokens_seen")
+        ax.plot(sel.tokens_seen, sel.value, marker="o", color=FULL_COLOUR)
+        ax.set(xlabel="tokens seen", ylabel=label)
+        ax.xaxis.set_major_formatter(FuncFormatter(_format_tokens))
+    fig.suptitle(title)
+    return fig
