@@ -76,10 +76,14 @@ def test_results_command_writes_csv_and_parquet(uninterrupted: Path, env: dict[s
         assert len(df) == len(table(uninterrupted))
 
 
+KILL_RUNS = ["math-cpt-full-lr0.001-s0", "code-ift-lora-r8-a16-all-lr0.003-s0", "code-ift-full-lr0.001-wd0.1-s0"]
+
+
 def test_killed_sweep_resumes_to_the_same_table(uninterrupted: Path, env: dict[str, str],
                                                 tmp_path: Path) -> None:
     out = tmp_path / "tiny-b"
-    proc = subprocess.Popen([*CLI, "sweep", "tiny", "--output", str(out), "--no-analyses"], env=env, cwd=ROOT,
+    only = ["--no-analyses", "--only", *KILL_RUNS]
+    proc = subprocess.Popen([*CLI, "sweep", "tiny", "--output", str(out), *only], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     try:
@@ -90,10 +94,12 @@ def test_killed_sweep_resumes_to_the_same_table(uninterrupted: Path, env: dict[s
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done = list(out.glob("runs/*/results.json"))
-    assert 1 <= len(done) < len(plan_runs(load_profile("tiny"))), "the kill should land mid-sweep"
-    resumed = sweep(["tiny", "--output", str(out), "--no-analyses"], env, timeout=900)
+    assert 1 <= len(done) < len(KILL_RUNS), "the kill should land mid-sweep"
+    resumed = sweep(["tiny", "--output", str(out), *only], env, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not list(out.rglob("*.tmp")), "no temporary file is left behind"
     a, b = table(uninterrupted), table(out)
+    a = a[a.run_id.isin(["base", *KILL_RUNS])]
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=False, rtol=1e-6)
 
 

@@ -192,6 +192,7 @@ class Profile(_Strict):
     eval: Evaluation
     sweep: list[Arm]
     analyses: list[str] = Field(default_factory=list)
+    analysis_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     output_dir: str = "outputs/{name}"
 
     def out_dir(self, override: str | os.PathLike | None = None) -> Path:
@@ -257,12 +258,36 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+def _merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = dict(parent)
+    for key, value in child.items():
+        if key == "sweep":
+            out[key] = [*parent.get("sweep", []), *value]
+        elif isinstance(value, dict) and isinstance(parent.get(key), dict):
+            out[key] = _merge(parent[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_with_parents(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile may say `extends: NAME`: it then changes its parent's keys and *adds* sweep arms."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    ppath = profile_path(parent)
+    if ppath.resolve() in seen or not ppath.is_file():
+        raise ConfigError(f"{path}: extends {parent!r}, which is missing or circular")
+    return _merge(_read_with_parents(ppath, (*seen, path.resolve())), raw)
+
+
 def load_profile(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Profile:
     """Read and validate a profile; `overrides` are dotted keys (`training.batch_size`) applied first."""
     path = profile_path(name_or_path)
     if not path.is_file():
         raise ConfigError(f"profile {name_or_path!r} not found (looked for {path}); available: {available_profiles()}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _read_with_parents(path)
     for key, value in (overrides or {}).items():
         node = raw
         *parents, last = key.split(".")

@@ -47,6 +47,14 @@ def execute(notebook: str, out: Path, parameters: dict[str, Any]) -> Path:
     return out
 
 
+def clean_stale(folder: Path) -> None:
+    """Remove what an interrupted attempt left half-written (temporary files, notebooks and checkpoints)."""
+    import shutil
+
+    for path in [*folder.rglob(".*.tmp"), *folder.rglob(".*.tmp*"), *folder.rglob(".*.ipynb")]:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def run_status(out_root: Path, spec: RunSpec) -> str:
     """'done' (results written), 'failed' (recorded failure) or 'todo'."""
     d = run_dir(out_root, spec.run_id)
@@ -71,6 +79,7 @@ def run_one(profile_ref: str, out_root: Path, spec: RunSpec) -> None:
     """Train and evaluate one run through its two notebooks."""
     d = run_dir(out_root, spec.run_id)
     (d / "failed.json").unlink(missing_ok=True)
+    clean_stale(d)
     execute("01_finetune.ipynb", d / "01_finetune.ipynb", _params(profile_ref, out_root, spec))
     execute("02_evaluate.ipynb", d / "02_evaluate.ipynb", _params(profile_ref, out_root, spec))
     if not (d / "results.json").is_file():
@@ -99,17 +108,27 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
             report.done.append(spec.run_id)
         except Exception as err:  # noqa: BLE001 - a failed run is recorded, the sweep decides whether to go on
             write_json(run_dir(out_root, spec.run_id) / "failed.json",
-                       {"run_id": spec.run_id, "error": f"{type(err).__name__}: {err}",
+                       {"run_id": spec.run_id, "error": describe_error(err),
                         "traceback": traceback.format_exc(), "time": time.time()})
-            report.failed[spec.run_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            report.failed[spec.run_id] = describe_error(err)
             if not continue_on_error:
                 raise
     write_table(collect(profile, out_root), out_root / "results.csv")
     if analyses:
         for name in profile.analyses:
             print(f"[analysis] {name}")
-            execute(f"{name}.ipynb", out_root / "analyses" / f"{name}.ipynb", _params(profile_ref, out_root))
+            params = {**_params(profile_ref, out_root), **profile.analysis_params.get(name, {})}
+            execute(f"{name}.ipynb", out_root / "analyses" / f"{name}.ipynb", params)
     return report
+
+
+def describe_error(err: BaseException) -> str:
+    """One line: for a failed notebook, the exception raised inside it rather than papermill's wrapper."""
+    name, value = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if name:
+        return f"{name}: {value} (in the executed notebook)"
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def finish_run(profile: Profile, spec: RunSpec, out_root: Path, rows: list[dict[str, Any]]) -> Path:
