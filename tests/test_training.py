@@ -165,3 +165,18 @@ def test_full_ft_deltas_are_weight_differences(model) -> None:
     assert len(deltas) == 2 * 7
     assert math.isclose(float(deltas[(1, "down_proj")].mean()), 0.5, rel_tol=1e-5)
     assert float(deltas[(0, "q_proj")].abs().max()) == 0.0
+
+
+def test_lion_optimizer_trains(model, tok, tmp_path: Path) -> None:
+    profile = load_profile("tiny", {"training.optimizer": "lion"})
+    examples = pack_cpt(TEXTS * 10, tok, seq_len=32)
+    args = training_arguments(tmp_path / "lion", lr=1e-3, batch=4, accum=1, max_steps=4, seed=0, regime="ift",
+                              profile=profile, weight_decay=0.0, progress=False)
+    before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    ckpt = fit(model, examples, out=tmp_path / "lion", args=args, pad_id=tok.pad_token_id, at_steps={}, unit="tokens",
+               optimizer="lion")
+    from lion_pytorch import Lion
+    assert isinstance(getattr(ckpt.trainer_optimizer, "optimizer", ckpt.trainer_optimizer), Lion)
+    # Lion moves every weight by exactly lr * sign(update) per step (no weight decay here)
+    delta = (model.model.layers[0].mlp.up_proj.weight.detach() - before).abs()
+    assert torch.all(delta <= 4 * 1e-3 + 1e-7) and delta.max() > 0

@@ -210,22 +210,32 @@ def training_arguments(out: Path, *, lr: float, batch: int, accum: int, max_step
 
 
 def _optim_name(name: str) -> str:
-    if name == "lion":
-        return "lion_32bit"  # bitsandbytes' Lion; the paper's decoupled LionW
-    return "adamw_torch"
+    return "adamw_torch"  # Lion is passed to the Trainer as a class (see `optimizer_spec`), not by name
+
+
+def optimizer_spec(name: str, args: TrainingArguments) -> tuple[type, dict[str, Any]] | None:
+    """The paper's decoupled LionW (lion-pytorch, decay scaled by lr/peak lr as in composer), or None = AdamW."""
+    if name != "lion":
+        return None
+    from lion_pytorch import Lion
+
+    return Lion, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2),
+                  "weight_decay": args.weight_decay, "decoupled_weight_decay": True}
 
 
 def fit(model: PreTrainedModel, examples: list[dict], *, out: Path, args: TrainingArguments, pad_id: int,
-        at_steps: dict[int, float], unit: str) -> Checkpointer:
+        at_steps: dict[int, float], unit: str, optimizer: str = "adamw") -> Checkpointer:
     """Train with Trainer, saving checkpoints at `at_steps`; returns the callback with what was saved."""
     collator = CountingCollator(pad_id)
     ckpt = Checkpointer(out, at_steps, unit, collator)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[ckpt])
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[ckpt],
+                      optimizer_cls_and_kwargs=optimizer_spec(optimizer, args))
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(QuietProgress())
     trainer.train()
     ckpt.log_history = trainer.state.log_history  # type: ignore[attr-defined]
+    ckpt.trainer_optimizer = trainer.optimizer  # type: ignore[attr-defined]
     return ckpt
 
 
@@ -265,7 +275,8 @@ def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool 
                               max_steps=max(at_steps), seed=spec.seed, regime=spec.regime, profile=profile,
                               weight_decay=spec.weight_decay, progress=progress)
     start = time.perf_counter()
-    ckpt = fit(model, examples, out=run_dir, args=args, pad_id=tok.pad_token_id, at_steps=at_steps, unit=unit)
+    ckpt = fit(model, examples, out=run_dir, args=args, pad_id=tok.pad_token_id, at_steps=at_steps, unit=unit,
+               optimizer=t.optimizer)
     summary = {
         "status": "diverged" if ckpt.diverged_at is not None else "completed",
         "diverged_at_step": ckpt.diverged_at,
