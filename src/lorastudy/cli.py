@@ -19,7 +19,7 @@ def _out(args: argparse.Namespace, profile: Profile) -> Path:
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(str(r.get(c, "") if r.get(c) is not None else "-").ljust(widths[c]) for c in columns))
@@ -68,12 +68,12 @@ def cmd_base(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from lorastudy.launch import run_training
     from lorastudy.results import run_dir
-    from lorastudy.training import train_run
 
     profile = _profile(args)
     spec = find_run(profile, args.run_id)
-    summary = train_run(profile, spec, run_dir(_out(args, profile), spec.run_id))
+    summary = run_training(profile, spec, run_dir(_out(args, profile), spec.run_id))
     print(json.dumps({k: summary[k] for k in ("status", "parameters", "n_examples", "wall_time_s")}, indent=1))
     for c in summary["checkpoints"]:
         print(f"  {c['checkpoint']}: step {c['step']}, {c['tokens_seen']} tokens, {c['tokens_per_s']:.0f} tok/s, "
@@ -138,6 +138,12 @@ def cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from lorastudy.envcheck import main as check
+
+    return check(args.profile, args.output)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from lorastudy.bench import bench_train
 
@@ -165,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-analyses", action="store_true", help="skip the analysis notebooks")
     sp.add_argument("--only", nargs="+", help="run only these run ids")
     add("base", cmd_base, "build (mini) or locate (pretrained) the base model")
+    add("check", cmd_check, "check GPUs, memory, disk, hub and dataset access before spending compute")
     sp = add("train", cmd_train, "fine-tune one planned run")
     sp.add_argument("run_id")
     sp = add("bench", cmd_bench, "measure training tokens/s and peak memory: full FT vs LoRA vs a bare loop")

@@ -42,6 +42,7 @@ class DatasetSpec(_Strict):
     subset: str | None = None
     limit: PositiveInt | None = None
     streaming: bool = False
+    data_dir: str | None = None  # a hub dataset's folder, e.g. `python` of bigcode/starcoderdata
 
 
 class Architecture(_Strict):
@@ -95,6 +96,15 @@ class LoraDefaults(_Strict):
     init_lora_weights: bool | Literal["gaussian", "pissa", "olora"] = True
 
 
+class TaskTraining(_Strict):
+    """Per domain × regime settings that differ from the training defaults (the paper's math IFT runs at
+    seq 1024 and batch 768, the other three at 4096 and 192)."""
+
+    seq_len: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    grad_accum: PositiveInt | None = None
+
+
 class Training(_Strict):
     """Defaults for every fine-tuning run (the paper's Appendix A, scaled to the profile)."""
 
@@ -115,6 +125,12 @@ class Training(_Strict):
     )
     lora: LoraDefaults = LoraDefaults()
     num_processes: PositiveInt = 1
+    task_overrides: dict[Domain, dict[Regime, TaskTraining]] = Field(default_factory=dict)
+
+    def for_task(self, domain: str, regime: str) -> "Training":
+        """These defaults with the domain × regime overrides applied."""
+        override = self.task_overrides.get(domain, {}).get(regime)
+        return self.model_copy(update=override.model_dump(exclude_none=True)) if override else self
 
     @field_validator("durations")
     @classmethod
@@ -180,6 +196,20 @@ class Arm(_Strict):
         return v
 
 
+class ReleasedCheckpoint(_Strict):
+    """A published checkpoint to evaluate without training: a full model, or a LoRA adapter on `base.model`."""
+
+    model: str  # hub id or local folder
+    revision: str | None = None  # hub branch (intermediate checkpoints) or commit; None = main
+    method: Method
+    rank: PositiveInt | None = None
+    alpha: PositiveFloat | None = None
+    domain: Domain
+    regime: Regime
+    duration: PositiveFloat | None = None  # None: the repository's final checkpoint, duration not stated
+    unit: Literal["tokens", "epochs"]
+
+
 class Profile(_Strict):
     """A whole experiment: base model, data, training defaults, evaluation sets and the sweep grid."""
 
@@ -191,6 +221,7 @@ class Profile(_Strict):
     training: Training = Training()
     eval: Evaluation
     sweep: list[Arm]
+    released: list[ReleasedCheckpoint] = Field(default_factory=list)
     analyses: list[str] = Field(default_factory=list)
     analysis_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     output_dir: str = "outputs/{name}"

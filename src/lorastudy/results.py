@@ -19,7 +19,8 @@ def run_dir(out_root: Path, run_id: str) -> Path:
 
 
 def collect(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
-    """Every finished run's rows plus the base model's (method 'base', duration 0), as a DataFrame."""
+    """Every finished run's rows plus the base model's (method 'base', duration 0) and any evaluated released
+    checkpoints' (arm 'released'), as a DataFrame."""
     out_root = out_root or profile.out_dir()
     rows: list[dict[str, Any]] = []
     base = out_root / "base" / "eval.json"
@@ -30,6 +31,8 @@ def collect(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
         if path.is_file():
             res = read_json(path)
             rows += [{**spec.to_dict(), **r, "status": res["status"]} for r in res["rows"]]
+    for path in sorted((out_root / "released").glob("*/eval.json")):
+        rows += read_json(path)["rows"]
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["run_id", "tokens_seen", "metric"], kind="stable").reset_index(drop=True)
 

@@ -16,4 +16,7 @@ def load_spec(profile: Profile, spec: DatasetSpec) -> list:
     """Records of a dataset spec through its adapter (the same code for local files and hub ids)."""
     from lorastudy.data.adapters import load_records
 
-    return load_records(spec.adapter, resolve_source(profile, spec.source), split=spec.split, limit=spec.limit)
+    hub = {k: v for k, v in (("subset", spec.subset), ("data_dir", spec.data_dir)) if v is not None}
+    if spec.streaming:  # otherwise the adapter streams exactly when a limit is set
+        hub["streaming"] = True
+    return load_records(spec.adapter, resolve_source(profile, spec.source), split=spec.split, limit=spec.limit, **hub)

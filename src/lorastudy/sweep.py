@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lorastudy.config import PROJECT_ROOT, Profile, RunSpec, plan_runs
 from lorastudy.io import read_json, write_json
@@ -113,6 +113,11 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
             report.failed[spec.run_id] = describe_error(err)
             if not continue_on_error:
                 raise
+    if profile.released:
+        from lorastudy.released import evaluate_released
+
+        print(f"[released] evaluating {len(profile.released)} released checkpoints")
+        evaluate_released(profile, out_root)
     write_table(collect(profile, out_root), out_root / "results.csv")
     if analyses:
         for name in profile.analyses:

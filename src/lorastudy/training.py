@@ -62,12 +62,17 @@ def to_pair(record: Record, domain: str) -> tuple[str, str]:
     raise TypeError(f"cannot use {type(record).__name__} as an instruction pair")
 
 
+def _bos(tok: PreTrainedTokenizerBase) -> list[int]:
+    """[bos], or [] for tokenizers without one (Qwen2's), as generation and scoring already do."""
+    return [tok.bos_token_id] if tok.bos_token_id is not None else []
+
+
 def pack_cpt(texts: Sequence[str], tok: PreTrainedTokenizerBase, seq_len: int) -> list[dict[str, list[int]]]:
     """Concatenate bos+doc+eos for every doc and cut into seq_len blocks; the last block is kept short,
     so every token is used exactly once."""
     stream: list[int] = []
     for text in texts:
-        stream += [tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        stream += [*_bos(tok), *tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]
     return [{"input_ids": stream[i:i + seq_len], "labels": stream[i:i + seq_len]} for i in range(0, len(stream), seq_len)]
 
 
@@ -76,7 +81,7 @@ def tokenize_ift(pairs: Sequence[tuple[str, str]], tok: PreTrainedTokenizerBase,
     Pairs whose prompt fills the whole window teach nothing and are dropped."""
     out = []
     for prompt, response in pairs:
-        p = [tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]
+        p = [*_bos(tok), *tok(prompt, add_special_tokens=False)["input_ids"]]
         r = [*tok(response, add_special_tokens=False)["input_ids"], tok.eos_token_id]
         ids = (p + r)[:seq_len]
         labels = ([IGNORE] * len(p) + r)[:seq_len]
@@ -120,6 +125,7 @@ class Checkpointer(TrainerCallback):
         self.start = time.perf_counter()
         self.saved: list[dict[str, Any]] = []
         self.diverged_at: int | None = None
+        self.trainer: Trainer | None = None  # set by `fit`; saves the model when several processes train
 
     def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001 - Trainer's callback signature
         loss = (logs or {}).get("loss")
@@ -129,27 +135,43 @@ class Checkpointer(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kw):  # noqa: ANN001
         if self.diverged_at is None and state.global_step in self.at_steps:
-            self.save(model, state)
+            self.save(model, state, args)
 
-    def save(self, model: PreTrainedModel, state: Any) -> None:
+    def save(self, model: PreTrainedModel, state: Any, args: TrainingArguments) -> None:
+        """Every process calls this (FSDP gathers the sharded weights collectively); only the main one writes."""
         duration = self.at_steps[state.global_step]
         label = f"{self.unit}-{duration:g}"
         wall = time.perf_counter() - self.start
         losses = [h["loss"] for h in state.log_history if "loss" in h]
+        tokens = _sum_over_processes(self.counter.tokens, args)
         meta = {
             "checkpoint": label, "duration": duration, "duration_unit": self.unit, "step": state.global_step,
-            "tokens_seen": self.counter.tokens, "wall_time_s": wall, "peak_memory_bytes": peak_memory_bytes(),
-            "tokens_per_s": self.counter.tokens / wall if wall else None,
+            "tokens_seen": tokens, "wall_time_s": wall, "peak_memory_bytes": peak_memory_bytes(),
+            "tokens_per_s": tokens / wall if wall else None,
             "train_loss": losses[-1] if losses else None,
         }
         final = self.run_dir / "checkpoints" / label
         tmp = final.with_name(f".{label}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        write_json(tmp / "checkpoint.json", meta)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        if state.is_world_process_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if args.world_size > 1 and self.trainer is not None:
+            self.trainer.save_model(str(tmp))
+        else:
+            model.save_pretrained(tmp)
+        if state.is_world_process_zero:
+            write_json(tmp / "checkpoint.json", meta)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
         self.saved.append(meta)
+
+
+def _sum_over_processes(count: int, args: TrainingArguments) -> int:
+    """A per-process count summed over every process (each one counts only the batches it was handed)."""
+    if args.world_size == 1:
+        return count
+    total = torch.tensor([count], dtype=torch.long, device=args.device)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
 
 
 class QuietProgress(ProgressCallback):
@@ -230,6 +252,7 @@ def fit(model: PreTrainedModel, examples: list[dict], *, out: Path, args: Traini
     ckpt = Checkpointer(out, at_steps, unit, collator)
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[ckpt],
                       optimizer_cls_and_kwargs=optimizer_spec(optimizer, args))
+    ckpt.trainer = trainer
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(QuietProgress())
@@ -240,11 +263,9 @@ def fit(model: PreTrainedModel, examples: list[dict], *, out: Path, args: Traini
 
 
 def load_training_records(profile: Profile, spec: RunSpec) -> list[Record]:
-    from lorastudy.data.adapters import load_records
-    from lorastudy.sources import resolve_source
+    from lorastudy.sources import load_spec
 
-    ds = profile.data[spec.domain][spec.regime]
-    return load_records(ds.adapter, resolve_source(profile, ds.source), split=ds.split, limit=ds.limit)
+    return load_spec(profile, profile.data[spec.domain][spec.regime])
 
 
 def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -252,7 +273,7 @@ def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool 
     from lorastudy.modeling import apply_lora, count_parameters, load_base, set_attention_dropout
     from lorastudy.provenance import provenance
 
-    t = profile.training
+    t = profile.training.for_task(spec.domain, spec.regime)
     set_seed(spec.seed)
     model, tok = load_base(profile)
     if spec.attention_dropout:
@@ -290,7 +311,8 @@ def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool 
         "provenance": provenance(profile, seed=spec.seed),
     }
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
-    write_json(run_dir / "train.json", summary)
+    if args.process_index == 0:  # under a multi-process launch the main process writes for all
+        write_json(run_dir / "train.json", summary)
     return summary
 
 
@@ -300,5 +322,8 @@ def read_train_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def ensure_trained(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    """The run's training summary, training it first unless a finished (or diverged) run is already there."""
-    return read_train_summary(run_dir) or train_run(profile, spec, run_dir, progress=progress)
+    """The run's training summary, training it first unless a finished (or diverged) run is already there;
+    a profile with several processes trains under `accelerate launch` (lorastudy.launch)."""
+    from lorastudy.launch import run_training
+
+    return read_train_summary(run_dir) or run_training(profile, spec, run_dir, progress=progress)

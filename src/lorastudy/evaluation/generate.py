@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 

@@ -122,6 +122,7 @@ def evaluate_base(profile: Profile, out_root: Path, *, progress: bool = True) ->
     if path.is_file():
         return read_json(path)["rows"]
     model, tok = load_base(profile)
+    model = model.to(_device())
     start = time.perf_counter()
     metrics = evaluate_model(model, tok, profile, domains=list(profile.eval.learning), progress=progress,
                              out_dir=path.parent)

@@ -1,0 +1,276 @@
+"""Generation diversity of code models (paper Fig 5 and Fig S9).
+
+The paper samples HumanEval completions at a low temperature (0.2, top_p 0.95) and counts the distinct
+completions among the passing and among the failing samples of each task: the base model is the most
+diverse, then LoRA, then full fine-tuning. At a higher temperature (0.8) it draws pass@k for k = 1…n with the
+unbiased estimator: LoRA's curve approaches full fine-tuning's as k grows.
+
+`sample_diversity` samples and scores one model (cached per model and temperature); `unique_counts`,
+`diversity_summary` and `pass_at_k_curve` aggregate sample records {task_id, completion, passed}, so they
+can be checked on hand-made records; the plots draw Fig 5 and Fig S9 in the house style.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from lorastudy import plots
+from lorastudy.config import Profile, RunSpec, config_hash
+from lorastudy.evaluation.passk import pass_at_k, unique_count
+from lorastudy.io import read_json, write_json
+
+__all__ = ["Subject", "code_tasks", "diversity_subjects", "sample_diversity", "unique_counts", "diversity_summary",
+           "pass_at_k_curve", "diversity_verdict", "plot_unique", "plot_pass_at_k"]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model to sample from: the base, or one checkpoint of a run."""
+
+    key: str                   # cache folder name: 'base' or RUN_ID/CHECKPOINT
+    label: str                 # legend label
+    method: str                # 'base', 'full' or 'lora'
+    lora_rank: int | None = None
+    spec: RunSpec | None = None
+    checkpoint: str | None = None
+
+
+def code_tasks(profile: Profile, n_tasks: int) -> list[Any]:
+    """The first n_tasks of the profile's code test set (what chapter 12 samples on)."""
+    from lorastudy.sources import load_spec
+
+    return load_spec(profile, profile.eval.learning["code"].dataset)[:n_tasks]
+
+
+def diversity_subjects(profile: Profile, out_root: Path, *, domain: str = "code", regime: str = "ift",
+                       arms: Sequence[str] = ("full", "lora"), hidden_size: int | None = None,
+                       checkpoint_index: int = -1) -> list[Subject]:
+    """The base and one checkpoint (default the last) of every main-grid full-FT and LoRA run of the panel
+    (first seed), ordered base, full, LoRA by rank: the models the paper compares in Figs 5 and S9."""
+    from lorastudy.weights import finished_runs, run_checkpoints
+
+    subjects = [Subject("base", "base", "base")]
+    specs = finished_runs(profile, out_root, domain=domain, regime=regime, arm=list(arms))
+    if specs:
+        seed = min(s.seed for s in specs)
+        specs = sorted((s for s in specs if s.seed == seed), key=lambda s: (s.method != "full", s.lora_rank or 0))
+    for spec in specs:
+        ckpts = run_checkpoints(out_root, spec.run_id)
+        if not ckpts:
+            continue
+        label = ckpts[max(-len(ckpts), min(checkpoint_index, len(ckpts) - 1))]["checkpoint"]
+        name = plots.method_label(spec.method, spec.lora_rank, hidden_size)
+        if checkpoint_index != -1:
+            name += f" at {label}"
+        subjects.append(Subject(f"{spec.run_id}/{label}", name, spec.method, spec.lora_rank, spec, label))
+    return subjects
+
+
+def _load(profile: Profile, out_root: Path, subject: Subject) -> Any:
+    from lorastudy.modeling import base_source, device, load_model
+    from lorastudy.weights import load_checkpoint, quiet_loading
+
+    if subject.spec is None:
+        with quiet_loading():
+            return load_model(base_source(profile), profile.base.dtype, profile.base.revision).to(device()).eval()
+    # merged LoRA samples the same distribution (fp32 logits agree to ~3e-6) and generates faster
+    return load_checkpoint(profile, out_root, subject.spec, subject.checkpoint, dtype=None, merge=True)
+
+
+def sample_diversity(profile: Profile, out_root: Path, subject: Subject, tasks: Sequence[Any], *, n_samples: int,
+                     temperature: float, top_p: float = 0.95, batch_size: int = 0, seed: int = 0,
+                     cache_dir: Path | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """n_samples completions per task from one model at one temperature, each run in the sandbox; records
+    {task_id, completion, passed}, cached under cache_dir/SUBJECT/ keyed by every setting that shapes them."""
+    from lorastudy import prompts
+    from lorastudy.evaluation.code import evaluate_samples
+    from lorastudy.evaluation.generate import generate
+    from lorastudy.weights import small_model_threads
+
+    cfg = profile.eval.learning["code"]
+    settings = {"tasks": [t.task_id for t in tasks], "n": n_samples, "temperature": temperature, "top_p": top_p,
+                "max_new_tokens": cfg.max_new_tokens, "seed": seed, "timeout": cfg.timeout}
+    fingerprint = _fingerprint(out_root, subject)
+    path = (cache_dir / subject.key / f"T{temperature:g}-n{n_samples}-{config_hash(settings, 8)}.json"
+            if cache_dir else None)
+    if path is not None and path.is_file():
+        saved = read_json(path)
+        if saved.get("settings") == settings and saved.get("fingerprint") == fingerprint:
+            return saved["records"]
+    model, tok = _load(profile, out_root, subject), _tokenizer(profile)
+    with small_model_threads(profile):
+        comps = generate(model, tok, [t.prompt for t in tasks], max_new_tokens=cfg.max_new_tokens,
+                         temperature=temperature, top_p=top_p, n=n_samples, stop=prompts.CODE_STOP,
+                         batch_size=batch_size or cfg.batch_size, seed=seed, progress=progress, desc=subject.label)
+    samples = [{"task_id": t.task_id, "completion": c} for t, cs in zip(tasks, comps) for c in cs]
+    scored = evaluate_samples(samples, {t.task_id: t for t in tasks}, timeout=cfg.timeout, progress=progress)
+    records = [{**s, "passed": bool(r["passed"])} for s, r in zip(samples, scored["samples"])]
+    if path is not None:
+        write_json(path, {"settings": settings, "fingerprint": fingerprint, "records": records})
+    return records
+
+
+def _tokenizer(profile: Profile) -> Any:
+    from lorastudy.modeling import base_source, load_tokenizer
+
+    return load_tokenizer(profile.base.tokenizer or base_source(profile), profile.base.revision)
+
+
+def _fingerprint(out_root: Path, subject: Subject) -> str:
+    """Changes when the checkpoint is retrained (its checkpoint.json), or names the base's folder."""
+    if subject.spec is None:
+        return "base"
+    meta = out_root / "runs" / subject.spec.run_id / "checkpoints" / str(subject.checkpoint) / "checkpoint.json"
+    return config_hash(meta.read_text()) if meta.is_file() else subject.key
+
+
+# ----------------------------------------------------------------------------- aggregation
+def unique_counts(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Per task: samples, passing and failing samples, and distinct completions (whitespace-normalised)
+    among all, the passing and the failing ones — the counts behind Fig 5."""
+    by_task: dict[str, list[tuple[str, bool]]] = {}
+    for r in records:
+        by_task.setdefault(r["task_id"], []).append((r["completion"], bool(r["passed"])))
+    rows = []
+    for tid, rows_ in by_task.items():
+        passing = [c for c, ok in rows_ if ok]
+        failing = [c for c, ok in rows_ if not ok]
+        rows.append({"task_id": tid, "n": len(rows_), "n_passing": len(passing), "n_failing": len(failing),
+                     "unique_all": unique_count(c for c, _ in rows_), "unique_passing": unique_count(passing),
+                     "unique_failing": unique_count(failing)})
+    return pd.DataFrame(rows, columns=["task_id", "n", "n_passing", "n_failing", "unique_all", "unique_passing",
+                                       "unique_failing"])
+
+
+def diversity_summary(per_subject: dict[str, tuple[Subject, list[dict[str, Any]]]]) -> pd.DataFrame:
+    """Per model: mean per task of samples and distinct completions, all / passing / failing, the share of
+    samples that are distinct, and pass@1 of these samples."""
+    rows = []
+    for label, (subject, records) in per_subject.items():
+        counts = unique_counts(records)
+        if counts.empty:
+            continue
+        mean = counts.drop(columns="task_id").mean()
+        rows.append({"model": label, "method": subject.method, "lora_rank": subject.lora_rank,
+                     "tasks": len(counts), "samples_per_task": mean.n,
+                     "pass@1": float((counts.n_passing / counts.n).mean()),
+                     "passing_per_task": mean.n_passing, "unique_passing": mean.unique_passing,
+                     "failing_per_task": mean.n_failing, "unique_failing": mean.unique_failing,
+                     "unique_all": mean.unique_all, "unique_share": float((counts.unique_all / counts.n).mean())})
+    return pd.DataFrame(rows)
+
+
+def pass_at_k_curve(records: Iterable[dict[str, Any]], ks: Iterable[int] | None = None) -> pd.DataFrame:
+    """pass@k averaged over tasks for k = 1…n (or `ks`) with the unbiased estimator (Chen et al. 2021), from
+    each task's n samples and c passing ones (Fig S9)."""
+    counts = unique_counts(records)
+    if counts.empty:
+        return pd.DataFrame(columns=["k", "pass@k"])
+    n_min = int(counts.n.min())
+    ks = list(range(1, n_min + 1)) if ks is None else [k for k in ks if 1 <= k <= n_min]
+    return pd.DataFrame({"k": ks, "pass@k": [float(np.mean([pass_at_k(int(n), int(c), k)
+                                                             for n, c in zip(counts.n, counts.n_passing)]))
+                                              for k in ks]})
+
+
+PASSK_CLAIM = "full FT's pass@k lead over LoRA shrinks as k grows"
+
+
+def diversity_verdict(summary: pd.DataFrame, curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The paper's statements on our samples: base > LoRA > full FT in distinct completions per task (Fig 5,
+    at the low temperature), and full FT's pass@k lead over LoRA smaller at the largest k than at k = 1 (Fig S9;
+    per LoRA rank, the majority decides)."""
+    from lorastudy.weights import claim
+
+    by = summary.set_index("model") if len(summary) else summary
+    base, full = by[by.method == "base"], by[by.method == "full"]
+    lora = by[by.method == "lora"]
+    out = []
+    if len(base) and len(lora):
+        b, lo = float(base.unique_all.iloc[0]), float(lora.unique_all.mean())
+        out.append(claim("the base gives more distinct completions than LoRA", True, bool(b > lo),
+                         f"base {b:.2f} vs LoRA (mean over ranks) {lo:.2f} per task"))
+    else:
+        out.append(claim("the base gives more distinct completions than LoRA", True, None, "needs LoRA runs"))
+    if len(full) and len(lora):
+        f, lo = float(full.unique_all.iloc[0]), float(lora.unique_all.mean())
+        out.append(claim("LoRA gives more distinct completions than full FT", True, bool(lo > f),
+                         f"LoRA (mean over ranks) {lo:.2f} vs full {f:.2f} per task"))
+        full_curve = curves.get(full.index[0])
+        gaps = []
+        for name in lora.index:
+            c = curves.get(name)
+            if c is not None and full_curve is not None and len(c) and len(full_curve):
+                k_max = int(min(c.k.max(), full_curve.k.max()))
+                at = lambda d, k: float(d.loc[d.k == k, "pass@k"].iloc[0])  # noqa: E731
+                gaps.append((name, at(full_curve, 1) - at(c, 1), at(full_curve, k_max) - at(c, k_max), k_max))
+        if gaps and gaps[0][3] > 1:
+            # full FT's lead (full − LoRA) shrinks with k; a LoRA curve that overtakes full FT counts as closing
+            closes = [g_max < g1 for _, g1, g_max, _ in gaps]
+            moved = any(g1 != g_max for _, g1, g_max, _ in gaps)
+            detail = "; ".join(f"{n}: full − LoRA {g1:+.3f} at k=1, {gm:+.3f} at k={k}" for n, g1, gm, k in gaps)
+            out.append(claim(PASSK_CLAIM, True, bool(np.mean(closes) > 0.5) if moved else None, detail))
+        else:
+            out.append(claim(PASSK_CLAIM, True, None, "needs n > 1 samples"))
+    else:
+        out.append(claim("LoRA gives more distinct completions than full FT", True, None, "needs full FT and LoRA"))
+        out.append(claim(PASSK_CLAIM, True, None, "needs full FT and LoRA"))
+    return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------- figures
+def _colour(method: str, rank: float | None) -> Any:
+    from lorastudy.weights import method_colour
+
+    return method_colour(method, rank)
+
+
+def plot_unique(summary: pd.DataFrame, *, n_samples: int | None = None, temperature: float | None = None) -> Figure:
+    """Fig 5: distinct completions per task among passing and among failing samples, one bar per model; the
+    pale bar behind is the number of such samples (the most distinct completions there could be)."""
+    plots.style()
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.3), layout="constrained", sharey=True)
+    x = np.arange(len(summary))
+    for ax, kind in zip(axes, ["passing", "failing"]):
+        colours = [_colour(m, r) for m, r in zip(summary.method, summary.lora_rank)]
+        ax.bar(x, summary[f"{kind}_per_task"], color=colours, alpha=0.25, width=0.7)
+        ax.bar(x, summary[f"unique_{kind}"], color=colours, width=0.45)
+        ax.set_xticks(x, summary.model, rotation=30, ha="right")
+        ax.set_title(f"{kind} samples")
+    axes[0].set_ylabel("per task (mean over tasks)")
+    from matplotlib.patches import Patch
+
+    fig.legend([Patch(color="0.45", alpha=0.25), Patch(color="0.45")], ["samples in the group", "distinct completions"],
+               loc="outside right upper", fontsize="small")
+    if n_samples is not None and temperature is not None:
+        fig.suptitle(f"{n_samples} samples per task at temperature {temperature:g}")
+    return fig
+
+
+def plot_pass_at_k(curves: dict[str, pd.DataFrame], subjects: dict[str, Subject], *,
+                   temperature: float | None = None) -> Figure:
+    """Fig S9: pass@k against k (log axis) per model, full FT red, LoRA by rank, the base grey and dashed."""
+    plots.style()
+    fig, ax = plt.subplots(figsize=(6.2, 3.6), layout="constrained")
+    for name, curve in curves.items():
+        s = subjects[name]
+        ax.plot(curve.k, curve["pass@k"], marker="o", ms=3, label=name, color=_colour(s.method, s.lora_rank),
+                ls="--" if s.method == "base" else "-")
+    ax.set_xscale("log", base=2)
+    k_max = max((int(c.k.max()) for c in curves.values() if len(c)), default=1)
+    ax.xaxis.set_major_locator(FixedLocator([2 ** i for i in range(k_max.bit_length()) if 2 ** i <= k_max]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _p: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set(xlabel="k (samples drawn)", ylabel="pass@k (unbiased)", ylim=(-0.02, 1.02))
+    if temperature is not None:
+        ax.set_title(f"temperature {temperature:g}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0))
+    return fig
