@@ -171,3 +171,12 @@ def test_score_humaneval_files(problems: dict[str, CodeTask], shared_data: Path,
     result = score_humaneval_files(samples_path, out, problems_path=shared_data / "humaneval" / "HumanEval.jsonl.gz")
     assert result["pass@1"] == 0.5
     assert read_json(out)["samples"] == result["samples"]
+
+
+def test_a_program_that_does_not_parse_fails_without_a_sandbox_run() -> None:
+    from lorastudy.evaluation.code import run_all, syntax_error
+
+    assert syntax_error("def f(:\n    pass\n").startswith("SyntaxError")
+    assert syntax_error("x = 1\n") is None
+    res = run_all({"bad": "def f(:\n", "good": "x = 1\n"}, timeout=3, workers=1, progress=False)
+    assert res["bad"].status == "failed" and "SyntaxError" in res["bad"].detail

@@ -17,7 +17,7 @@ from typing import Any
 
 from lorastudy.data.records import CodeTask
 from lorastudy.evaluation.passk import mean_pass_at_k, unique_count
-from lorastudy.evaluation.sandbox import PASSED, TIMED_OUT, SandboxResult, run_program
+from lorastudy.evaluation.sandbox import FAILED, PASSED, TIMED_OUT, SandboxResult, run_program
 from lorastudy.io import write_json
 
 
@@ -84,6 +84,15 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def syntax_error(program: str) -> str | None:
+    """`SyntaxError: msg (line n)` when the program does not compile, else None."""
+    try:
+        compile(program, "<sample>", "exec")
+    except (SyntaxError, ValueError) as err:
+        return f"{type(err).__name__}: {getattr(err, 'msg', err)} (line {getattr(err, 'lineno', '?')})"
+    return None
+
+
 def run_all(
     programs: dict[Any, str], *, timeout: float, workers: int | None, progress: bool, desc: str = "sandbox"
 ) -> dict[Any, SandboxResult]:
@@ -91,8 +100,15 @@ def run_all(
     from tqdm import tqdm
 
     results: dict[Any, SandboxResult] = {}
+    to_run = {}
+    for key, prog in programs.items():
+        err = syntax_error(prog)
+        if err:  # compiling runs nothing, so a program that cannot even parse needs no sandbox process
+            results[key] = SandboxResult(status=FAILED, detail=err)
+        else:
+            to_run[key] = prog
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        futures = {pool.submit(run_program, prog, timeout=timeout): key for key, prog in programs.items()}
+        futures = {pool.submit(run_program, prog, timeout=timeout): key for key, prog in to_run.items()}
         try:
             with tqdm(total=len(futures), desc=desc, disable=not progress) as bar:
                 for fut in as_completed(futures):
