@@ -5,6 +5,8 @@ import pytest
 
 from lorastudy.memory import (
     LLAMA2_7B,
+    PAPER_PRINTED_GB,
+    agrees_to_printed,
     LLAMA2_70B,
     activation_bytes,
     llama_shapes,
@@ -17,26 +19,9 @@ from lorastudy.memory import (
 GPUS = (1, 8, 16, 32, 64)
 GPUS_405B = (1, 8, 16, 32, 64, 128, 256)
 
-# GB per GPU as printed (PAPER.md), strings so that the printed precision is kept.
-PRINTED = {
-    ("7B", "Adam"): ["112", "14", "7", "3.5", "1.75"],
-    ("7B", "Adam + LoRA"): ["15.12", "1.89", "0.945", "0.4725", "0.236"],
-    ("7B", "Lion"): ["84", "10.5", "5.25", "2.625", "1.3125"],
-    ("7B", "Lion + LoRA"): ["14.84", "1.855", "0.9275", "0.464", "0.232"],
-    ("70B", "Adam"): ["1120", "140", "70", "35", "17.5"],
-    ("70B", "Adam + LoRA"): ["151.2", "18.9", "9.45", "4.725", "2.36"],
-    ("70B", "Lion"): ["840", "105", "52.5", "26.25", "13.125"],
-    ("70B", "Lion + LoRA"): ["148.4", "18.55", "9.275", "4.64", "2.32"],
-    ("405B", "Adam"): ["6480", "810", "405", "202.5", "101.25", "50.625", "25.3"],
-    ("405B", "Adam + LoRA"): ["874.8", "109.35", "54.65", "27.34", "13.67", "6.83", "3.42"],
-}
+PRINTED = PAPER_PRINTED_GB  # GB per GPU as printed (PAPER.md), strings keeping the printed precision
 # Table S16 prints 54.65 for 874.8 / 16 = 54.675: a slip in the paper, not in the model.
 PAPER_SLIPS = {("405B", "Adam + LoRA", 16): 54.675}
-
-
-def _agrees_to_printed_precision(value: float, printed: str) -> bool:
-    decimals = len(printed.split(".")[1]) if "." in printed else 0
-    return abs(value - float(printed)) <= 0.5 * 10**-decimals + 1e-9
 
 
 @pytest.mark.parametrize("model,setting", list(PRINTED))
@@ -46,9 +31,9 @@ def test_paper_tables(model: str, setting: str) -> None:
     for g, printed in zip(gpus, PRINTED[model, setting]):
         slip = PAPER_SLIPS.get((model, setting, g))
         if slip is not None:
-            assert row[g] == pytest.approx(slip) and not _agrees_to_printed_precision(row[g], printed)
+            assert row[g] == pytest.approx(slip) and not agrees_to_printed(row[g], printed)
         else:
-            assert _agrees_to_printed_precision(row[g], printed), (model, setting, g, row[g], printed)
+            assert agrees_to_printed(row[g], printed), (model, setting, g, row[g], printed)
 
 
 def test_breakdown_full_adam_7b() -> None:

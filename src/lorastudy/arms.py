@@ -32,11 +32,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from lorastudy import plots
-from lorastudy.memory import GB, ModelShapes, lora_param_count, model_state_bytes, paper_table
+from lorastudy.memory import (GB, PAPER_GPUS, PAPER_PRINTED_GB, ModelShapes, agrees_to_printed, lora_param_count,
+                              model_state_bytes, paper_table)
 from lorastudy.results import wide
 
 __all__ = [
-    "EXTENDED_PROFILE", "PAPER_MEMORY_PRINTED", "not_run", "select_arm", "panel_rows", "base_values",
+    "EXTENDED_PROFILE", "not_run", "select_arm", "panel_rows", "base_values",
     "main_learning_rate", "summarise", "at_last_duration",
     "regularization_runs", "regularization_table", "regularization_verdict",
     "modules_runs", "modules_table", "modules_verdict",
@@ -628,27 +629,6 @@ def plot_lr_sweep(table: pd.DataFrame, metrics: Sequence[str] = ("learning", "fo
 
 
 # ----------------------------------------------------------------------------- Tables S14–S16, Fig S10
-# GB per GPU as printed in the paper (Appendix H), as strings so that the printed precision is kept.
-PAPER_MEMORY_PRINTED: dict[tuple[str, str], list[str]] = {
-    ("7B", "Adam"): ["112", "14", "7", "3.5", "1.75"],
-    ("7B", "Adam + LoRA"): ["15.12", "1.89", "0.945", "0.4725", "0.236"],
-    ("7B", "Lion"): ["84", "10.5", "5.25", "2.625", "1.3125"],
-    ("7B", "Lion + LoRA"): ["14.84", "1.855", "0.9275", "0.464", "0.232"],
-    ("70B", "Adam"): ["1120", "140", "70", "35", "17.5"],
-    ("70B", "Adam + LoRA"): ["151.2", "18.9", "9.45", "4.725", "2.36"],
-    ("70B", "Lion"): ["840", "105", "52.5", "26.25", "13.125"],
-    ("70B", "Lion + LoRA"): ["148.4", "18.55", "9.275", "4.64", "2.32"],
-    ("405B", "Adam"): ["6480", "810", "405", "202.5", "101.25", "50.625", "25.3"],
-    ("405B", "Adam + LoRA"): ["874.8", "109.35", "54.65", "27.34", "13.67", "6.83", "3.42"],
-}
-PAPER_GPUS = {"7B": (1, 8, 16, 32, 64), "70B": (1, 8, 16, 32, 64), "405B": (1, 8, 16, 32, 64, 128, 256)}
-
-
-def _agrees_to_printed(value: float, printed: str) -> bool:
-    decimals = len(printed.split(".")[1]) if "." in printed else 0
-    return abs(value - float(printed)) <= 0.5 * 10**-decimals + 1e-9
-
-
 def paper_memory_comparison(model: str) -> pd.DataFrame:
     """Table S14 (7B), S15 (70B) or S16 (405B, Adam rows only): GB per GPU from `memory.paper_table` beside
     the printed numbers, with a `matches` column (every GPU count agrees to the printed precision) and
@@ -656,7 +636,7 @@ def paper_memory_comparison(model: str) -> pd.DataFrame:
     gpus = PAPER_GPUS[model]
     rows = []
     for r in paper_table(model, gpus):  # type: ignore[arg-type]
-        printed = PAPER_MEMORY_PRINTED.get((model, r["setting"]))
+        printed = PAPER_PRINTED_GB.get((model, r["setting"]))
         if printed is None:
             continue
         row: dict[str, Any] = {"setting": r["setting"]}
@@ -664,7 +644,7 @@ def paper_memory_comparison(model: str) -> pd.DataFrame:
         for g, p in zip(gpus, printed):
             row[(f"{g} GPU" if g == 1 else f"{g} GPUs", "ours")] = round(r[g], 6)
             row[(f"{g} GPU" if g == 1 else f"{g} GPUs", "paper")] = float(p)
-            if not _agrees_to_printed(r[g], p):
+            if not agrees_to_printed(r[g], p):
                 bad.append(str(g))
         row[("matches", "")] = not bad
         row[("mismatches", "")] = ", ".join(f"{b} GPUs" for b in bad)

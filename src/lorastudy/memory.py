@@ -152,3 +152,25 @@ def activation_bytes(
     if not checkpointing:
         return float(n_layers * per_layer)
     return float(n_layers * tokens * hidden * dtype_bytes + per_layer)
+
+
+# GB per GPU as printed in the paper (Appendix H), as strings so that the printed precision is kept.
+PAPER_PRINTED_GB: dict[tuple[str, str], list[str]] = {
+    ("7B", "Adam"): ["112", "14", "7", "3.5", "1.75"],
+    ("7B", "Adam + LoRA"): ["15.12", "1.89", "0.945", "0.4725", "0.236"],
+    ("7B", "Lion"): ["84", "10.5", "5.25", "2.625", "1.3125"],
+    ("7B", "Lion + LoRA"): ["14.84", "1.855", "0.9275", "0.464", "0.232"],
+    ("70B", "Adam"): ["1120", "140", "70", "35", "17.5"],
+    ("70B", "Adam + LoRA"): ["151.2", "18.9", "9.45", "4.725", "2.36"],
+    ("70B", "Lion"): ["840", "105", "52.5", "26.25", "13.125"],
+    ("70B", "Lion + LoRA"): ["148.4", "18.55", "9.275", "4.64", "2.32"],
+    ("405B", "Adam"): ["6480", "810", "405", "202.5", "101.25", "50.625", "25.3"],
+    ("405B", "Adam + LoRA"): ["874.8", "109.35", "54.65", "27.34", "13.67", "6.83", "3.42"],
+}
+PAPER_GPUS = {"7B": (1, 8, 16, 32, 64), "70B": (1, 8, 16, 32, 64), "405B": (1, 8, 16, 32, 64, 128, 256)}
+
+
+def agrees_to_printed(value: float, printed: str) -> bool:
+    """Equal to a printed number within half a unit of its last printed digit."""
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return abs(value - float(printed)) <= 0.5 * 10**-decimals + 1e-9

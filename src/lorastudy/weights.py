@@ -296,19 +296,19 @@ def kl_between(base: torch.nn.Module, tuned: torch.nn.Module, tok: Any, texts: S
     return {"kl": total / count, "tokens": count}
 
 
-# ----------------------------------------------------------------------------- profile-level tables
-def rank_table(profile: Profile, out_root: Path, specs: Iterable[RunSpec] | None = None, *, threshold: float = 0.9,
-               checkpoints: str = "all", cache_dir: Path | None = None,
-               base: torch.nn.Module | None = None) -> pd.DataFrame:
-    """rank90 of ΔW per (run, checkpoint, layer, module) for the given runs (default: every finished run),
-    the data of Fig 6; each (run, checkpoint) cached under cache_dir/ranks/."""
+def _per_checkpoint(profile: Profile, out_root: Path, specs: Iterable[RunSpec] | None, checkpoints: str,
+                    cache_dir: Path | None, base: torch.nn.Module | None, kind: str, suffix: str,
+                    settings: dict[str, Any], measure: Any) -> list[dict[str, Any]]:
+    """`measure(base, tuned)` rows for each chosen checkpoint of each run (default: every finished run), each
+    (run, checkpoint) cached under cache_dir/KIND/ and keyed by the settings and the checkpoint's fingerprint;
+    diverged checkpoints (non-finite weights) are left out with a warning."""
     specs = list(finished_runs(profile, out_root) if specs is None else specs)
     rows: list[dict[str, Any]] = []
     for spec in specs:
         for meta in _pick(run_checkpoints(out_root, spec.run_id), checkpoints):
             label = meta["checkpoint"]
-            key = {"threshold": threshold, "fingerprint": _fingerprint(out_root, spec.run_id, label)}
-            path = cache_dir / "ranks" / spec.run_id / f"{label}-t{threshold:g}.json" if cache_dir else None
+            key = {**settings, "fingerprint": _fingerprint(out_root, spec.run_id, label)}
+            path = cache_dir / kind / spec.run_id / f"{label}-{suffix}.json" if cache_dir else None
 
             def compute(spec: RunSpec = spec, label: str = label) -> list[dict[str, Any]]:
                 nonlocal base
@@ -317,10 +317,21 @@ def rank_table(profile: Profile, out_root: Path, specs: Iterable[RunSpec] | None
                 if not _finite(tuned):
                     warnings.warn(f"{spec.run_id}/{label} has non-finite weights (diverged): left out", stacklevel=3)
                     return []
-                return delta_ranks(base, tuned, threshold)
+                return measure(base, tuned)
 
             with small_model_threads(profile):
                 rows += [{**_run_fields(spec), **_ckpt_fields(meta), **r} for r in _cached(path, key, compute)]
+    return rows
+
+
+# ----------------------------------------------------------------------------- profile-level tables
+def rank_table(profile: Profile, out_root: Path, specs: Iterable[RunSpec] | None = None, *, threshold: float = 0.9,
+               checkpoints: str = "all", cache_dir: Path | None = None,
+               base: torch.nn.Module | None = None) -> pd.DataFrame:
+    """rank90 of ΔW per (run, checkpoint, layer, module) for the given runs (default: every finished run),
+    the data of Fig 6; each (run, checkpoint) cached under cache_dir/ranks/."""
+    rows = _per_checkpoint(profile, out_root, specs, checkpoints, cache_dir, base, "ranks", f"t{threshold:g}",
+                           {"threshold": threshold}, lambda b, t: delta_ranks(b, t, threshold))
     cols = [*RUN_FIELDS, *CKPT_FIELDS, "layer", "module", "module_type", "n_out", "n_in", "threshold", "rank90",
             "rank90_fraction", "frobenius"]
     return pd.DataFrame(rows, columns=cols)
@@ -412,26 +423,9 @@ def intruder_counts(profile: Profile, out_root: Path, specs: Iterable[RunSpec] |
                     base: torch.nn.Module | None = None) -> pd.DataFrame:
     """Intruder dimensions per (run, checkpoint, layer, module) for the given runs (default: every finished
     run), each (run, checkpoint) cached under cache_dir/intruders/."""
-    specs = list(finished_runs(profile, out_root) if specs is None else specs)
-    rows: list[dict[str, Any]] = []
-    for spec in specs:
-        for meta in _pick(run_checkpoints(out_root, spec.run_id), checkpoints):
-            label = meta["checkpoint"]
-            key = {"top_k": top_k, "epsilon": epsilon, "fingerprint": _fingerprint(out_root, spec.run_id, label)}
-            path = (cache_dir / "intruders" / spec.run_id / f"{label}-k{top_k}-e{epsilon:g}.json"
-                    if cache_dir else None)
-
-            def compute(spec: RunSpec = spec, label: str = label) -> list[dict[str, Any]]:
-                nonlocal base
-                base = base if base is not None else load_base_fp32(profile)
-                tuned = load_checkpoint(profile, out_root, spec, label)
-                if not _finite(tuned):
-                    warnings.warn(f"{spec.run_id}/{label} has non-finite weights (diverged): left out", stacklevel=3)
-                    return []
-                return intruder_rows(base, tuned, top_k=top_k, epsilon=epsilon)
-
-            with small_model_threads(profile):
-                rows += [{**_run_fields(spec), **_ckpt_fields(meta), **r} for r in _cached(path, key, compute)]
+    rows = _per_checkpoint(profile, out_root, specs, checkpoints, cache_dir, base, "intruders",
+                           f"k{top_k}-e{epsilon:g}", {"top_k": top_k, "epsilon": epsilon},
+                           lambda b, t: intruder_rows(b, t, top_k=top_k, epsilon=epsilon))
     cols = [*RUN_FIELDS, *CKPT_FIELDS, "layer", "module", "module_type", "intruders", "top_k", "epsilon",
             "min_similarity", "mean_similarity"]
     return pd.DataFrame(rows, columns=cols)
