@@ -32,6 +32,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from lorastudy import plots
+from lorastudy.findings import EXTENDED_PROFILE, not_run
+from lorastudy.findings import claim as _claim
 from lorastudy.memory import (GB, PAPER_GPUS, PAPER_PRINTED_GB, ModelShapes, agrees_to_printed, lora_param_count,
                               model_state_bytes, paper_table)
 from lorastudy.results import wide
@@ -48,18 +50,11 @@ __all__ = [
     "shapes_with_count", "bench_configs", "run_bench", "bench_summary", "bench_verdict", "plot_bench",
 ]
 
-EXTENDED_PROFILE = "mini-extended"
 MODULE_ORDER = {"all": 0, "mlp": 1, "attention": 2}
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 _NUMERIC = ["lora_rank", "lora_alpha", "learning_rate", "weight_decay", "attention_dropout", "seed", "duration"]
 _SUMMARY_METRICS = ["learning", "forgetting", "source_loss"]
 SIMILAR_LEARNING = 0.05  # learning differences up to this count as "similar" (about the noise of ~150 tasks)
-
-
-def not_run(what: str) -> str:
-    """The note a chapter shows where an arm is missing (markdown)."""
-    return (f"**{what}: not run in this profile** — run `make reproduce PROFILE={EXTENDED_PROFILE}` "
-            "(or a profile with this arm) to add it.")
 
 
 # ----------------------------------------------------------------------------- selection
@@ -230,11 +225,6 @@ def regularization_table(sel: pd.DataFrame) -> pd.DataFrame:
         (bool(f > worst) if not np.isnan(worst) and not np.isnan(f) else None) if role.startswith("LoRA") else None
         for role, f in zip(table.role, table.forgetting)]
     return table.reset_index(drop=True)
-
-
-def _claim(statement: str, paper: bool, ours: bool | None, detail: str) -> dict[str, Any]:
-    return {"statement": statement, "paper": paper, "ours": ours,
-            "agrees": None if ours is None else bool(ours == paper), "detail": detail}
 
 
 def regularization_verdict(table: pd.DataFrame) -> pd.DataFrame:

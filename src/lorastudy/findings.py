@@ -9,6 +9,20 @@ import pandas as pd
 
 from lorastudy.results import wide
 
+EXTENDED_PROFILE = "mini-extended"  # the profile that runs every arm of the regularisation and sensitivity chapters
+
+
+def not_run(what: str) -> str:
+    """The markdown note a chapter shows where runs are missing (one wording for every chapter)."""
+    return (f"**{what}: not run in this profile** — run `make reproduce PROFILE={EXTENDED_PROFILE}` "
+            "(or a profile with these runs) to add it.")
+
+
+def claim(statement: str, paper: bool, ours: bool | None, detail: str) -> dict:
+    """One row of a chapter's verdict table: the paper's statement, ours (None = cannot tell), agreement."""
+    return {"statement": statement, "paper": paper, "ours": ours,
+            "agrees": None if ours is None else bool(ours == paper), "detail": detail}
+
 
 def last_checkpoints(df: pd.DataFrame) -> pd.DataFrame:
     """Wide rows of each run's longest duration (one per run)."""

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 
 from lorastudy import plots, spectra
 from lorastudy.config import Profile, RunSpec, config_hash, plan_runs
+from lorastudy.findings import claim, not_run
 from lorastudy.io import read_json, write_json
 from lorastudy.results import run_dir, wide
 
@@ -51,20 +52,7 @@ RUN_FIELDS = ["run_id", "arm", "domain", "regime", "method", "lora_rank", "lora_
               "learning_rate", "weight_decay", "attention_dropout", "use_rslora", "seed"]
 CKPT_FIELDS = ["checkpoint", "duration", "duration_unit", "tokens_seen", "step"]
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-EXTENDED_PROFILE = "mini-extended"
 _BASE_IDENTITY = ("kind", "model", "revision", "world", "architecture", "pretrain")
-
-
-def not_run(what: str) -> str:
-    """The markdown note a chapter shows where runs are missing (same wording as the other chapters)."""
-    return (f"**{what}: not run in this profile** — run `make reproduce PROFILE={EXTENDED_PROFILE}` "
-            "(or a profile with these runs) to add it.")
-
-
-def claim(statement: str, paper: bool, ours: bool | None, detail: str) -> dict[str, Any]:
-    """One row of a chapter's verdict table: the paper's statement, ours (None = cannot tell), agreement."""
-    return {"statement": statement, "paper": paper, "ours": ours,
-            "agrees": None if ours is None else bool(ours == paper), "detail": detail}
 
 
 # ----------------------------------------------------------------------------- runs and models
