@@ -39,7 +39,7 @@ def measure(profile_name: str, mode: str, rank: int, batch: int, steps: int) -> 
     """One configuration: mode 'trainer-full', 'trainer-lora' or 'bare-full'/'bare-lora'."""
     from lorastudy.config import RunSpec
     from lorastudy.modeling import apply_lora
-    from lorastudy.training import PadCollator, fit, peak_memory_bytes, training_arguments
+    from lorastudy.training import PadCollator, peak_memory_bytes, training_arguments
 
     profile, model = _model(profile_name)
     seq = profile.training.seq_len

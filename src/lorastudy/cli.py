@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lorastudy.config import ConfigError, Profile, available_profiles, find_run, load_profile, plan_runs
+from lorastudy.config import ConfigError, Profile, available_profiles, find_run, load_profile
 
 
 def _profile(args: argparse.Namespace) -> Profile:

@@ -226,13 +226,9 @@ def training_arguments(out: Path, *, lr: float, batch: int, accum: int, max_step
         max_grad_norm=t.max_grad_norm, lr_scheduler_type=sched, lr_scheduler_kwargs=kwargs, warmup_steps=warmup,
         max_steps=max_steps, logging_steps=1, logging_nan_inf_filter=False, save_strategy="no", report_to=[],
         seed=seed, data_seed=seed, bf16=bf16, use_cpu=not cuda, dataloader_num_workers=0,
-        disable_tqdm=not progress, remove_unused_columns=False, optim=_optim_name(t.optimizer),
+        disable_tqdm=not progress, remove_unused_columns=False, optim="adamw_torch",  # Lion: optimizer_spec
         activation_checkpointing=t.gradient_checkpointing,
     )
-
-
-def _optim_name(name: str) -> str:
-    return "adamw_torch"  # Lion is passed to the Trainer as a class (see `optimizer_spec`), not by name
 
 
 def optimizer_spec(name: str, args: TrainingArguments) -> tuple[type, dict[str, Any]] | None:

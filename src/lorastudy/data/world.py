@@ -670,7 +670,7 @@ def _generic_code_doc(rng: random.Random, singles: dict[Combo, _Built], composab
         arg = ARG[_family(compose.combo)]
         x, y = rng.choice(compose.cases)
         calls = "".join(f"{arg} = {b.name}({arg})\n" for b in funcs)
-        text += (f"\n# " + ", then ".join(p.phrase for p in compose.combo) + f"\n{arg} = {x!r}\n{calls}"
+        text += ("\n# " + ", then ".join(p.phrase for p in compose.combo) + f"\n{arg} = {x!r}\n{calls}"
                  f"assert {arg} == {y!r}\n")
     return text
 

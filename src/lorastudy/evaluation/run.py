@@ -36,18 +36,18 @@ def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *
 
 
 def _math_shots(profile: Profile, cfg: GenerationEval) -> list[tuple[str, str]]:
-    """Few-shot examples come from the math training set (never the test set)."""
+    """Few-shot (question, worked answer) examples from the math training set (never the test set)."""
     if cfg.shots == 0:
         return []
-    from lorastudy.data.records import MathProblem
+    from lorastudy.data.records import InstructionPair, MathProblem
 
-    pool = [r for r in load_spec(profile, profile.data["math"]["ift"]) if isinstance(r, MathProblem)]
-    if not pool:
-        from lorastudy.training import to_pair
-
-        pool_pairs = [to_pair(r, "math") for r in load_spec(profile, profile.data["math"]["ift"])]
-        return [(p.removeprefix("Question: ").removesuffix("\nAnswer:"), a.strip()) for p, a in pool_pairs[:cfg.shots]]
-    return [(p.question, p.answer) for p in pool[:cfg.shots]]
+    shots = []
+    for r in load_spec(profile, profile.data["math"]["ift"])[:cfg.shots]:
+        if isinstance(r, MathProblem):
+            shots.append((r.question, r.answer))
+        elif isinstance(r, InstructionPair):
+            shots.append((r.prompt, r.response))
+    return shots
 
 
 def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
