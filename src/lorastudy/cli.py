@@ -1,4 +1,6 @@
-"""The `lorastudy` command: one subcommand per step of the study (see `lorastudy --help`)."""
+"""The `lorastudy` command: one subcommand per step of the study (see `lorastudy --help`).
+
+Each subcommand imports its module when it runs, so `lorastudy --help` and `--dry-run` start without torch."""
 from __future__ import annotations
 
 import argparse
@@ -54,7 +56,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_base(args: argparse.Namespace) -> int:
-    from lorastudy.modeling import base_source
+    from lorastudy.base import base_source
 
     profile = _profile(args)
     src = base_source(profile)
@@ -68,12 +70,11 @@ def cmd_base(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lorastudy.launch import run_training
-    from lorastudy.results import run_dir
+    from lorastudy.finetune import run_training
 
     profile = _profile(args)
     spec = find_run(profile, args.run_id)
-    summary = run_training(profile, spec, run_dir(_out(args, profile), spec.run_id))
+    summary = run_training(profile, spec, profile.layout(args.output).run(spec.run_id).dir)
     print(json.dumps({k: summary[k] for k in ("status", "parameters", "n_examples", "wall_time_s")}, indent=1))
     for c in summary["checkpoints"]:
         print(f"  {c['checkpoint']}: step {c['step']}, {c['tokens_seen']} tokens, {c['tokens_per_s']:.0f} tok/s, "
@@ -82,9 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
-    from lorastudy.evaluation.run import evaluate_base, evaluate_run
-    from lorastudy.results import run_dir
-    from lorastudy.sweep import finish_run
+    from lorastudy.evaluation.run import evaluate_base, evaluate_run, finish_run
 
     profile = _profile(args)
     out = _out(args, profile)
@@ -92,7 +91,7 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
         rows = evaluate_base(profile, out)
     else:
         spec = find_run(profile, args.run_id)
-        rows = evaluate_run(profile, spec, run_dir(out, spec.run_id))
+        rows = evaluate_run(profile, spec, profile.layout(out).run(spec.run_id).dir)
         finish_run(profile, spec, out, rows)
     _print_table(rows, ["run_id", "checkpoint", "metric", "value"])
     return 0
@@ -139,7 +138,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from lorastudy.envcheck import main as check
+    from lorastudy.check import main as check
 
     return check(args.profile, args.output)
 

@@ -5,9 +5,7 @@ validation; we only format its errors).
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,12 +14,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator
 
+from lorastudy.data.world.settings import WorldConfig
+from lorastudy.layout import PROJECT_ROOT, Layout
+
 Domain = Literal["code", "math"]
 Regime = Literal["cpt", "ift"]
 Method = Literal["full", "lora"]
 Targets = Literal["attention", "mlp", "all"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+TARGET_MODULES: dict[str, tuple[str, ...]] = {"attention": ATTENTION_MODULES, "mlp": MLP_MODULES,
+                                              "all": ATTENTION_MODULES + MLP_MODULES}  # Llama's linear layers
 CONFIG_DIR = Path(os.environ.get("LORASTUDY_CONFIGS", PROJECT_ROOT / "configs"))
 
 
@@ -74,7 +78,7 @@ class Base(_Strict):
     tokenizer: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     revision: str | None = None
-    world: dict[str, Any] = Field(default_factory=dict)
+    world: WorldConfig = WorldConfig()  # the mini world's sizes (a preset plus overrides); unused by pretrained bases
     architecture: Architecture = Architecture()
     pretrain: Pretrain = Pretrain()
 
@@ -232,6 +236,10 @@ class Profile(_Strict):
         path = Path(raw.format(name=self.name))
         return path if path.is_absolute() else PROJECT_ROOT / path
 
+    def layout(self, override: str | os.PathLike | None = None) -> Layout:
+        """The paths of this profile's output tree (lorastudy.layout)."""
+        return Layout(self.out_dir(override))
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -364,12 +372,6 @@ def find_run(profile: Profile, run_id: str) -> RunSpec:
     if run_id not in runs:
         raise ConfigError(f"run {run_id!r} is not in profile {profile.name!r}; e.g. {list(runs)[:5]}")
     return runs[run_id]
-
-
-def config_hash(obj: Any, n: int = 10) -> str:
-    """A short stable hash of a JSON-able object (cache keys)."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:n]
 
 
 def resolve_run(profile: Profile, run_id: str | None = None, **explicit: Any) -> RunSpec:

@@ -1,6 +1,8 @@
-"""Atomic file writes: a kill -9 at any moment leaves the old file or the new one, never a torn one."""
+"""Files: atomic writes (a kill -9 at any moment leaves the old file or the new one, never a torn one),
+JSON reads, and stable hashes of JSON-able settings (cache keys)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -48,3 +50,9 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def config_hash(obj: Any, n: int = 10) -> str:
+    """A short stable hash of a JSON-able object (cache keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]

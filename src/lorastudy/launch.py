@@ -19,7 +19,9 @@ from unittest import mock
 
 import yaml
 
-from lorastudy.config import PROJECT_ROOT, Arm, Profile, RunSpec, plan_runs
+from lorastudy.config import Arm, Profile, RunSpec, plan_runs
+from lorastudy.io import read_json
+from lorastudy.layout import PROJECT_ROOT, Layout
 
 FSDP_CONFIG = PROJECT_ROOT / "configs" / "accelerate" / "fsdp.yaml"
 
@@ -30,7 +32,7 @@ def inside_launcher() -> bool:
 
 
 def gpu_count() -> int:
-    import torch
+    import torch  # heavy: launching a child needs no torch in this process unless asked for GPUs
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -81,32 +83,21 @@ def stream(cmd: Sequence[str], *, echo: Callable[[str], Any] = print, tail: int 
 def train_distributed(profile: Profile, spec: RunSpec, run_dir: Path, *, echo: Callable[[str], Any] = print,
                       cpu: bool | None = None) -> dict[str, Any]:
     """Train one run in `training.num_processes` processes and return its summary (train.json)."""
-    from lorastudy.results import run_dir as run_dir_of
-    from lorastudy.training import read_train_summary
-
     out_root = run_dir.parents[1]
-    if run_dir_of(out_root, spec.run_id) != run_dir:
+    paths = Layout(out_root).run(spec.run_id)
+    if paths.dir != run_dir:
         raise ValueError(f"{run_dir} is not a run folder (OUT/runs/{spec.run_id}) of the lorastudy layout")
     run_dir.mkdir(parents=True, exist_ok=True)
-    profile_file = run_dir / "profile.yaml"
+    profile_file = paths.launch_profile
     profile_file.write_text(yaml.safe_dump(run_profile(profile, spec).model_dump(mode="json"), sort_keys=False))
     cmd = launch_command(profile_file, spec.run_id, out_root, num_processes=profile.training.num_processes, cpu=cpu)
     echo("[launch] " + " ".join(cmd))
     code, last = stream(cmd, echo=echo)
-    summary = read_train_summary(run_dir)
+    summary = read_json(paths.train_record) if paths.trained() else None
     if code != 0 or summary is None:
         raise RuntimeError(f"distributed training of {spec.run_id} failed (exit code {code}); last lines:\n"
                            + "\n".join(last))
     return summary
-
-
-def run_training(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Train here, or in a launcher when the profile asks for several processes and we are not in one yet."""
-    from lorastudy.training import train_run
-
-    if profile.training.num_processes > 1 and not inside_launcher():
-        return train_distributed(profile, spec, run_dir)
-    return train_run(profile, spec, run_dir, progress=progress)
 
 
 def fsdp_dry_run(config_file: Path = FSDP_CONFIG, num_processes: int = 2) -> tuple[Any, dict[str, str]]:

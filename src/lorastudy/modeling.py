@@ -1,24 +1,20 @@
-"""Models: load a base (hub id, local folder or the cached mini base), apply LoRA, load checkpoints, weight deltas.
+"""Models: the one loader (a base, a fine-tuned checkpoint, a released checkpoint), LoRA, and weight deltas.
 
 The same functions serve the 2-core mini study and GPU profiles; only the profile differs.
 """
 from __future__ import annotations
 
-import os
-import shutil
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lorastudy.config import PROJECT_ROOT, Profile, RunSpec, config_hash
-
-ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
-MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]
-TARGET_MODULES = {"attention": ATTENTION_MODULES, "mlp": MLP_MODULES, "all": ATTENTION_MODULES + MLP_MODULES}
-BASE_VERSION = 1  # bump when the mini base recipe changes, so cached bases are rebuilt
+from lorastudy.base import base_source
+from lorastudy.config import TARGET_MODULES, Profile, RunSpec
 
 
 def device() -> torch.device:
@@ -32,43 +28,37 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def cache_root() -> Path:
-    """Where built worlds and bases are cached (env LORASTUDY_CACHE, default outputs/cache)."""
-    return Path(os.environ.get("LORASTUDY_CACHE", PROJECT_ROOT / "outputs" / "cache"))
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No per-model progress bar or peft deprecation warning while loading dozens of checkpoints (a
+    chapter's output would be mostly "Loading weights" lines otherwise)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
-def world_dir(profile: Profile) -> Path:
-    """The mini world's files, generated once per world config (atomic: built beside, then renamed)."""
-    from lorastudy.data.world import WorldConfig, generate_world
-
-    cfg = WorldConfig(**profile.base.world)
-    path = cache_root() / f"world-{config_hash(repr(cfg))}"
-    if not (path / "world.json").is_file():
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        generate_world(cfg).write(tmp)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    return path
-
-
-def mini_base_dir(profile: Profile) -> Path:
-    """Cache folder of the mini base, keyed by everything that shapes it."""
-    b = profile.base
-    key = config_hash([BASE_VERSION, b.world, b.architecture.model_dump(), b.pretrain.model_dump()])
-    return cache_root() / f"base-{key}"
-
-
-def base_source(profile: Profile) -> str:
-    """Hub id or local folder of the base model (building the mini base if needed)."""
-    if profile.base.kind == "pretrained":
-        return str(profile.base.model)
-    path = mini_base_dir(profile)
-    if not (path / "base.json").is_file():
-        from lorastudy.pretrain import build_mini_base
-
-        build_mini_base(profile, path)
-    return str(path)
+@contextmanager
+def small_model_threads(profile: Profile) -> Iterator[None]:
+    """One CPU thread while working on a mini model: its matrices are too small to gain from a second
+    thread, and on busy cores OpenMP's waiting made a 128×64 SVD 0.37 s instead of 0.0005 s (and sampling
+    16×8 completions 48 s instead of 1.7 s). GPU runs and pretrained bases are left alone."""
+    if profile.base.kind != "mini" or torch.cuda.is_available():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def load_tokenizer(source: str, revision: str | None = None) -> PreTrainedTokenizerBase:
@@ -80,6 +70,11 @@ def load_tokenizer(source: str, revision: str | None = None) -> PreTrainedTokeni
     return tok
 
 
+def profile_tokenizer(profile: Profile) -> PreTrainedTokenizerBase:
+    """The tokenizer of the profile's base (its own `tokenizer` when it names one)."""
+    return load_tokenizer(profile.base.tokenizer or base_source(profile), profile.base.revision)
+
+
 def load_model(source: str, dtype: str = "auto", revision: str | None = None, **kwargs: Any) -> PreTrainedModel:
     """Any causal LM by hub id or local folder, with sdpa attention."""
     return AutoModelForCausalLM.from_pretrained(
@@ -87,10 +82,25 @@ def load_model(source: str, dtype: str = "auto", revision: str | None = None, **
     )
 
 
-def load_base(profile: Profile) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    src = base_source(profile)
-    tok = load_tokenizer(profile.base.tokenizer or src, profile.base.revision)
-    return load_model(src, profile.base.dtype, profile.base.revision), tok
+def load_base(profile: Profile, dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The profile's base model (built first for a mini profile) and its tokenizer; dtype None = the profile's."""
+    model = load_model(base_source(profile), dtype or profile.base.dtype, profile.base.revision)
+    return model, profile_tokenizer(profile)
+
+
+def load_finetuned(profile: Profile, method: str, source: str | Path, *, revision: str | None = None,
+                   dtype: str | None = None, merge: bool = False) -> PreTrainedModel:
+    """A fine-tuned checkpoint as a model: full fine-tuning weights, or the profile's base plus a LoRA adapter
+    (unmerged unless asked). `source` is a run's checkpoint folder, or a released repository (hub id at
+    `revision`, or a local copy); dtype None = the profile's."""
+    dtype = dtype or profile.base.dtype
+    if method == "full":
+        return load_model(str(source), dtype, revision)
+    from peft import PeftModel  # optional at import time: full-FT-only work never needs peft
+
+    base = load_model(base_source(profile), dtype, profile.base.revision)
+    model = PeftModel.from_pretrained(base, str(source), revision=revision)
+    return model.merge_and_unload() if merge else model
 
 
 def set_attention_dropout(model: PreTrainedModel, p: float) -> None:
@@ -102,14 +112,14 @@ def set_attention_dropout(model: PreTrainedModel, p: float) -> None:
 
 
 def lora_config(spec: RunSpec, profile: Profile) -> Any:
-    from peft import LoraConfig
+    from peft import LoraConfig  # optional at import time (see load_finetuned)
 
     d = profile.training.lora
     return LoraConfig(
         r=int(spec.lora_rank or 16),
         lora_alpha=float(spec.lora_alpha or d.alpha_ratio * (spec.lora_rank or 16)),
         lora_dropout=d.dropout,
-        target_modules=TARGET_MODULES[spec.target_modules or "all"],
+        target_modules=list(TARGET_MODULES[spec.target_modules or "all"]),
         use_rslora=spec.use_rslora or d.use_rslora,
         use_dora=d.use_dora,
         init_lora_weights=d.init_lora_weights,
@@ -120,7 +130,7 @@ def lora_config(spec: RunSpec, profile: Profile) -> Any:
 
 def apply_lora(model: PreTrainedModel, spec: RunSpec, profile: Profile) -> PreTrainedModel:
     """Wrap with peft LoRA; embeddings and lm_head stay frozen (peft freezes all non-adapter weights)."""
-    from peft import get_peft_model
+    from peft import get_peft_model  # optional at import time (see load_finetuned)
 
     torch.manual_seed(spec.seed)  # peft's adapter init draws from the global RNG
     return get_peft_model(model, lora_config(spec, profile))
@@ -132,18 +142,8 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable}
 
 
-def load_finetuned(profile: Profile, spec: RunSpec, checkpoint: Path, *, merge: bool = False) -> PreTrainedModel:
-    """A checkpoint as a model: full FT weights, or the base plus the LoRA adapter (unmerged unless asked)."""
-    if spec.method == "full":
-        return load_model(str(checkpoint), profile.base.dtype)
-    from peft import PeftModel
-
-    base = load_model(base_source(profile), profile.base.dtype, profile.base.revision)
-    model = PeftModel.from_pretrained(base, str(checkpoint))
-    return model.merge_and_unload() if merge else model
-
-
-def _layer_and_module(name: str) -> tuple[int, str] | None:
+def layer_and_module(name: str) -> tuple[int, str] | None:
+    """(layer index, module name) of a parameter or module name inside a decoder layer's linear map."""
     parts = name.split(".")
     if "layers" not in parts:
         return None
@@ -152,24 +152,30 @@ def _layer_and_module(name: str) -> tuple[int, str] | None:
     return (int(parts[i + 1]), mod) if mod else None
 
 
+def base_matrices(model: torch.nn.Module) -> dict[tuple[int, str], torch.Tensor]:
+    """Every attention/MLP weight matrix of a plain (or peft-wrapped) model in fp32, by (layer, module)."""
+    out = {}
+    for name, p in model.named_parameters():
+        key = layer_and_module(name)
+        if key and name.endswith("weight") and "lora_" not in name:
+            out[key] = p.detach().float()
+    return out
+
+
 def weight_deltas(base: torch.nn.Module, tuned: torch.nn.Module) -> Iterator[tuple[int, str, torch.Tensor]]:
     """(layer, module, ΔW) in fp32 for every attention/MLP matrix: W_ft − W_base for full FT,
     scale·B·A for a peft LoRA model (no merge needed, so no precision loss)."""
-    base_w = {}
-    for name, p in base.named_parameters():
-        key = _layer_and_module(name)
-        if key and name.endswith("weight"):
-            base_w[key] = p.detach().float()
     if hasattr(tuned, "peft_config"):
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # optional at import time (see load_finetuned)
 
         for name, module in tuned.named_modules():
-            key = _layer_and_module(name)
+            key = layer_and_module(name)
             if key and isinstance(module, LoraLayer) and module.r:
                 adapter = module.active_adapters[0]
                 yield (*key, module.get_delta_weight(adapter).detach().float())
         return
+    base_w = base_matrices(base)
     for name, p in tuned.named_parameters():
-        key = _layer_and_module(name)
+        key = layer_and_module(name)
         if key and name.endswith("weight") and key in base_w:
             yield (*key, p.detach().float() - base_w[key])

@@ -8,30 +8,26 @@ import pandas as pd
 
 from lorastudy.config import Profile, plan_runs
 from lorastudy.io import atomic_path, read_json
+from lorastudy.layout import Layout
 
 RUN_COLUMNS = ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
                "weight_decay", "attention_dropout", "use_rslora", "seed", "arm"]
 COLUMNS = [*RUN_COLUMNS, "status", "checkpoint", "duration_unit", "duration", "tokens_seen", "step", "metric", "value"]
 
 
-def run_dir(out_root: Path, run_id: str) -> Path:
-    return out_root / "runs" / run_id
-
-
 def collect(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
     """Every finished run's rows plus the base model's (method 'base', duration 0) and any evaluated released
     checkpoints' (arm 'released'), as a DataFrame."""
-    out_root = out_root or profile.out_dir()
+    layout = Layout(out_root or profile.out_dir())
     rows: list[dict[str, Any]] = []
-    base = out_root / "base" / "eval.json"
-    if base.is_file():
-        rows += [{**r, "method": "base", "status": "completed"} for r in read_json(base)["rows"]]
+    if layout.base_eval.is_file():
+        rows += [{**r, "method": "base", "status": "completed"} for r in read_json(layout.base_eval)["rows"]]
     for spec in plan_runs(profile):
-        path = run_dir(out_root, spec.run_id) / "results.json"
+        path = layout.run(spec.run_id).results_record
         if path.is_file():
             res = read_json(path)
             rows += [{**spec.to_dict(), **r, "status": res["status"]} for r in res["rows"]]
-    for path in sorted((out_root / "released").glob("*/eval.json")):
+    for path in layout.released_evals():
         rows += read_json(path)["rows"]
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["run_id", "tokens_seen", "metric"], kind="stable").reset_index(drop=True)

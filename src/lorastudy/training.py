@@ -1,8 +1,8 @@
-"""Fine-tuning one planned run through transformers' Trainer (+ peft for LoRA).
+"""The training engine: transformers' Trainer set up for the study (schedules, optimizer, progress),
+checkpoints at chosen steps with what they cost (tokens, time, memory), and divergence detection.
 
-CPT packs unstructured text and learns every token; IFT learns the response tokens only. Checkpoints are
-written at the profile's durations (tokens for CPT, epochs for IFT) with what they cost (tokens, time, memory).
-A non-finite loss stops the run and records it as diverged instead of raising.
+A non-finite loss stops training and is recorded as divergence instead of raising. Used by fine-tuning
+(lorastudy.finetune) and by the mini base's pre-training (lorastudy.base).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,86 +27,10 @@ from transformers import (
     set_seed,
 )
 
-from lorastudy import prompts
-from lorastudy.config import Profile, RunSpec
-from lorastudy.data.records import CodeTask, InstructionPair, MathProblem, Record, TextDoc
-from lorastudy.io import read_json, write_json
-
-IGNORE = -100
-
-
-# ----------------------------------------------------------------------------- examples
-def to_text(record: Record) -> str:
-    """A record as unstructured text for continued pre-training."""
-    if isinstance(record, TextDoc):
-        return record.text
-    if isinstance(record, CodeTask):
-        return record.prompt + record.canonical_solution
-    if isinstance(record, InstructionPair):
-        return record.prompt + "\n" + record.response
-    if isinstance(record, MathProblem):
-        return record.question + "\n" + record.answer
-    raise TypeError(f"cannot use {type(record).__name__} as CPT text")
-
-
-def to_pair(record: Record, domain: str) -> tuple[str, str]:
-    """A record as (prompt, response) in the same prompt format the evaluation uses."""
-    if isinstance(record, CodeTask):
-        return record.prompt, record.canonical_solution
-    if isinstance(record, MathProblem):
-        return prompts.math_prompt(record.question), prompts.math_response(record.answer)
-    if isinstance(record, InstructionPair):
-        if domain == "math":
-            return prompts.math_prompt(record.prompt), prompts.math_response(record.response)
-        return prompts.code_instruction(record.prompt), record.response
-    raise TypeError(f"cannot use {type(record).__name__} as an instruction pair")
-
-
-def _bos(tok: PreTrainedTokenizerBase) -> list[int]:
-    """[bos], or [] for tokenizers without one (Qwen2's), as generation and scoring already do."""
-    return [tok.bos_token_id] if tok.bos_token_id is not None else []
-
-
-def pack_cpt(texts: Sequence[str], tok: PreTrainedTokenizerBase, seq_len: int) -> list[dict[str, list[int]]]:
-    """Concatenate bos+doc+eos for every doc and cut into seq_len blocks; the last block is kept short,
-    so every token is used exactly once."""
-    stream: list[int] = []
-    for text in texts:
-        stream += [*_bos(tok), *tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]
-    return [{"input_ids": stream[i:i + seq_len], "labels": stream[i:i + seq_len]} for i in range(0, len(stream), seq_len)]
-
-
-def tokenize_ift(pairs: Sequence[tuple[str, str]], tok: PreTrainedTokenizerBase, seq_len: int) -> list[dict[str, list[int]]]:
-    """bos + prompt + response + eos, labels masked (IGNORE) on bos and prompt; truncated to seq_len.
-    Pairs whose prompt fills the whole window teach nothing and are dropped."""
-    out = []
-    for prompt, response in pairs:
-        p = [*_bos(tok), *tok(prompt, add_special_tokens=False)["input_ids"]]
-        r = [*tok(response, add_special_tokens=False)["input_ids"], tok.eos_token_id]
-        ids = (p + r)[:seq_len]
-        labels = ([IGNORE] * len(p) + r)[:seq_len]
-        if any(x != IGNORE for x in labels):
-            out.append({"input_ids": ids, "labels": labels})
-    return out
-
-
-@dataclass
-class PadCollator:
-    """Right-pads a batch; padded positions are ignored by the loss and the attention."""
-
-    pad_id: int
-
-    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[i, :n] = torch.tensor(b["input_ids"])
-            labels[i, :n] = torch.tensor(b["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+from lorastudy.config import Profile
+from lorastudy.data.examples import PadCollator
+from lorastudy.io import write_json
+from lorastudy.layout import CHECKPOINT_RECORD, TRAINER_DIR, RunPaths
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -120,8 +44,9 @@ def peak_memory_bytes() -> int:
 class Checkpointer(TrainerCallback):
     """Saves the model at chosen optimizer steps (atomically) and stops on a non-finite loss."""
 
-    def __init__(self, run_dir: Path, at_steps: dict[int, float], unit: str, counter: "CountingCollator") -> None:
-        self.run_dir, self.at_steps, self.unit, self.counter = run_dir, at_steps, unit, counter
+    def __init__(self, checkpoint_dir: Callable[[str], Path], at_steps: dict[int, float], unit: str,
+                 counter: "CountingCollator") -> None:
+        self.checkpoint_dir, self.at_steps, self.unit, self.counter = checkpoint_dir, at_steps, unit, counter
         self.start = time.perf_counter()
         self.saved: list[dict[str, Any]] = []
         self.diverged_at: int | None = None
@@ -150,7 +75,7 @@ class Checkpointer(TrainerCallback):
             "tokens_per_s": tokens / wall if wall else None,
             "train_loss": losses[-1] if losses else None,
         }
-        final = self.run_dir / "checkpoints" / label
+        final = self.checkpoint_dir(label)
         tmp = final.with_name(f".{label}.tmp")
         if state.is_world_process_zero:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -159,7 +84,7 @@ class Checkpointer(TrainerCallback):
         else:
             model.save_pretrained(tmp)
         if state.is_world_process_zero:
-            write_json(tmp / "checkpoint.json", meta)
+            write_json(tmp / CHECKPOINT_RECORD, meta)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         self.saved.append(meta)
@@ -221,7 +146,7 @@ def training_arguments(out: Path, *, lr: float, batch: int, accum: int, max_step
     else:
         sched, kwargs = "cosine", {}
     return TrainingArguments(
-        output_dir=str(out / "trainer"), per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+        output_dir=str(out / TRAINER_DIR), per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
         learning_rate=lr, weight_decay=weight_decay, adam_beta1=t.adam_betas[0], adam_beta2=t.adam_betas[1],
         max_grad_norm=t.max_grad_norm, lr_scheduler_type=sched, lr_scheduler_kwargs=kwargs, warmup_steps=warmup,
         max_steps=max_steps, logging_steps=1, logging_nan_inf_filter=False, save_strategy="no", report_to=[],
@@ -245,7 +170,7 @@ def fit(model: PreTrainedModel, examples: list[dict], *, out: Path, args: Traini
         at_steps: dict[int, float], unit: str, optimizer: str = "adamw") -> Checkpointer:
     """Train with Trainer, saving checkpoints at `at_steps`; returns the callback with what was saved."""
     collator = CountingCollator(pad_id)
-    ckpt = Checkpointer(out, at_steps, unit, collator)
+    ckpt = Checkpointer(RunPaths(out).checkpoint, at_steps, unit, collator)
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[ckpt],
                       optimizer_cls_and_kwargs=optimizer_spec(optimizer, args))
     ckpt.trainer = trainer
@@ -256,70 +181,3 @@ def fit(model: PreTrainedModel, examples: list[dict], *, out: Path, args: Traini
     ckpt.log_history = trainer.state.log_history  # type: ignore[attr-defined]
     ckpt.trainer_optimizer = trainer.optimizer  # type: ignore[attr-defined]
     return ckpt
-
-
-def load_training_records(profile: Profile, spec: RunSpec) -> list[Record]:
-    from lorastudy.sources import load_spec
-
-    return load_spec(profile, profile.data[spec.domain][spec.regime])
-
-
-def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune one run and write `train.json` last (its presence means the run is done)."""
-    from lorastudy.modeling import apply_lora, count_parameters, load_base, set_attention_dropout
-    from lorastudy.provenance import provenance
-
-    t = profile.training.for_task(spec.domain, spec.regime)
-    set_seed(spec.seed)
-    model, tok = load_base(profile)
-    if spec.attention_dropout:
-        set_attention_dropout(model, spec.attention_dropout)
-    if spec.method == "lora":
-        model = apply_lora(model, spec, profile)
-    records = load_training_records(profile, spec)
-    if spec.regime == "cpt":
-        examples = pack_cpt([to_text(r) for r in records], tok, t.seq_len)
-        unit = "tokens"
-    else:
-        examples = tokenize_ift([to_pair(r, spec.domain) for r in records], tok, t.seq_len)
-        unit = "epochs"
-    if not examples:
-        raise ValueError(f"run {spec.run_id}: no training examples from {profile.data[spec.domain][spec.regime].source}")
-    durations = t.durations[spec.regime]
-    at_steps = checkpoint_steps(durations, unit, examples, t.batch_size * t.grad_accum * t.num_processes)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    args = training_arguments(run_dir, lr=spec.learning_rate, batch=t.batch_size, accum=t.grad_accum,
-                              max_steps=max(at_steps), seed=spec.seed, regime=spec.regime, profile=profile,
-                              weight_decay=spec.weight_decay, progress=progress)
-    start = time.perf_counter()
-    ckpt = fit(model, examples, out=run_dir, args=args, pad_id=tok.pad_token_id, at_steps=at_steps, unit=unit,
-               optimizer=t.optimizer)
-    summary = {
-        "status": "diverged" if ckpt.diverged_at is not None else "completed",
-        "diverged_at_step": ckpt.diverged_at,
-        "spec": spec.to_dict(),
-        "parameters": count_parameters(model),
-        "n_examples": len(examples),
-        "checkpoints": ckpt.saved,
-        "loss_curve": [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
-                       for h in ckpt.log_history if "loss" in h],
-        "wall_time_s": time.perf_counter() - start,
-        "provenance": provenance(profile, seed=spec.seed),
-    }
-    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
-    if args.process_index == 0:  # under a multi-process launch the main process writes for all
-        write_json(run_dir / "train.json", summary)
-    return summary
-
-
-def read_train_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "train.json"
-    return read_json(path) if path.is_file() else None
-
-
-def ensure_trained(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    """The run's training summary, training it first unless a finished (or diverged) run is already there;
-    a profile with several processes trains under `accelerate launch` (lorastudy.launch)."""
-    from lorastudy.launch import run_training
-
-    return read_train_summary(run_dir) or run_training(profile, spec, run_dir, progress=progress)

@@ -14,11 +14,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from lorastudy.data.examples import IGNORE, PadCollator, encode, pack_cpt, pad, prompt_ids
 from lorastudy.data.records import MCItem
-
-
-def _encode(tok: Any, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
 
 
 def fewshot_prefix(item_index: int, items: Sequence[MCItem], shots: int, seed: int = 1234) -> str:
@@ -37,9 +34,8 @@ def _requests(tok: Any, items: Sequence[MCItem], shots: int, max_len: int) -> li
     for i, item in enumerate(items):
         prefix = fewshot_prefix(i, items, shots)
         for j, (context, continuation) in enumerate(item.options):
-            ctx = [tok.bos_token_id] if tok.bos_token_id is not None else []
-            ctx += _encode(tok, prefix + context)
-            cont = _encode(tok, continuation)
+            ctx = prompt_ids(tok, prefix + context)
+            cont = encode(tok, continuation)
             ids = (ctx + cont)[-max_len:]
             reqs.append((i, j, ids, min(len(cont), len(ids) - 1)))
     return reqs
@@ -54,12 +50,7 @@ def continuation_logprobs(model: torch.nn.Module, tok: Any, requests: Sequence[t
     out: dict[tuple[int, int], float] = {}
     for start in tqdm(range(0, len(order), batch_size), desc="log-likelihood", disable=not progress, leave=False):
         batch = [requests[k] for k in order[start:start + batch_size]]
-        width = max(len(r[2]) for r in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, (_, _, seq, _) in enumerate(batch):
-            ids[b, :len(seq)] = torch.tensor(seq)
-            mask[b, :len(seq)] = 1
+        ids, mask = pad([r[2] for r in batch], tok.pad_token_id)
         logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
         logp = torch.log_softmax(logits, dim=-1)
         for b, (i, j, seq, n_cont) in enumerate(batch):
@@ -97,7 +88,6 @@ def score_choice(model: torch.nn.Module, tok: Any, items: Sequence[MCItem], *, s
 def heldout_loss(model: torch.nn.Module, tok: Any, texts: Sequence[str], *, seq_len: int = 128,
                  batch_size: int = 32) -> dict[str, float]:
     """Mean next-token loss (and perplexity) over packed held-out text: the most sensitive forgetting signal."""
-    from lorastudy.training import PadCollator, pack_cpt
 
     blocks = [b for b in pack_cpt(texts, tok, seq_len) if len(b["input_ids"]) > 1]
     if not blocks:
@@ -111,9 +101,9 @@ def heldout_loss(model: torch.nn.Module, tok: Any, texts: Sequence[str], *, seq_
         batch = {k: v.to(dev) for k, v in collate(blocks[start:start + batch_size]).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                                                 ignore_index=-100, reduction="sum")
+                                                 ignore_index=IGNORE, reduction="sum")
         total += float(loss)
-        count += int((batch["labels"][:, 1:] != -100).sum())
+        count += int((batch["labels"][:, 1:] != IGNORE).sum())
     model.train(was_training)
     mean = total / count
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": count}

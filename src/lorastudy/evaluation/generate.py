@@ -11,6 +11,8 @@ import torch
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from lorastudy.data.examples import pad, prompt_ids
+
 
 class StopOnStrings(StoppingCriteria):
     """Per-sequence stop when the decoded continuation contains a stop string. Written here because
@@ -69,12 +71,4 @@ def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: in
 
 def left_padded(tok: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """bos + prompt tokens (as in training), left-padded so that generation continues every row at once."""
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    seqs = [bos + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, seq in enumerate(seqs):
-        ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[r, width - len(seq):] = 1
-    return ids, mask
+    return pad([prompt_ids(tok, p) for p in prompts], tok.pad_token_id, side="left")

@@ -9,21 +9,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lorastudy import prompts
 from lorastudy.config import GenerationEval, Profile, RunSpec
+from lorastudy.data import prompts
+from lorastudy.data.examples import to_text
+from lorastudy.data.records import InstructionPair, MathProblem
+from lorastudy.data.sources import load_spec
+from lorastudy.evaluation.choice import heldout_loss, score_choice
+from lorastudy.evaluation.code import evaluate_samples
+from lorastudy.evaluation.generate import generate
+from lorastudy.evaluation.math import score_gsm8k
 from lorastudy.io import read_json, write_json, write_jsonl
-from lorastudy.sources import load_spec
-
-BASE_ID = "base"
+from lorastudy.layout import BASE_ID, Layout, RunPaths
+from lorastudy.modeling import device, load_base, load_finetuned, profile_tokenizer
 
 
 def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
                   out_dir: Path | None = None) -> dict[str, Any]:
     """GSM8K-style: k-shot prompts, greedy by default, strict and flexible extraction."""
-    from lorastudy.evaluation.math import score_gsm8k
-
     problems = load_spec(profile, cfg.dataset)
     shots = _math_shots(profile, cfg)
     texts = [prompts.math_fewshot(p.question, shots) for p in problems]
@@ -39,8 +41,6 @@ def _math_shots(profile: Profile, cfg: GenerationEval) -> list[tuple[str, str]]:
     """Few-shot (question, worked answer) examples from the math training set (never the test set)."""
     if cfg.shots == 0:
         return []
-    from lorastudy.data.records import InstructionPair, MathProblem
-
     shots = []
     for r in load_spec(profile, profile.data["math"]["ift"])[:cfg.shots]:
         if isinstance(r, MathProblem):
@@ -53,8 +53,6 @@ def _math_shots(profile: Profile, cfg: GenerationEval) -> list[tuple[str, str]]:
 def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
                   out_dir: Path | None = None) -> dict[str, Any]:
     """HumanEval-style: n samples per task, each run in the sandbox; pass@k and unique completions."""
-    from lorastudy.evaluation.code import evaluate_samples
-
     tasks = load_spec(profile, cfg.dataset)
     comps = generate_for(model, tok, [t.prompt for t in tasks], cfg, prompts.CODE_STOP, progress, "code")
     samples = [{"task_id": t.task_id, "completion": c} for t, cs in zip(tasks, comps) for c in cs]
@@ -68,8 +66,6 @@ def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *
 
 def generate_for(model: Any, tok: Any, texts: list[str], cfg: GenerationEval, stop: list[str], progress: bool,
                  desc: str) -> list[list[str]]:
-    from lorastudy.evaluation.generate import generate
-
     return generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                     top_p=cfg.top_p, n=cfg.n_samples, stop=stop, batch_size=cfg.batch_size, progress=progress,
                     desc=desc)
@@ -78,8 +74,6 @@ def generate_for(model: Any, tok: Any, texts: list[str], cfg: GenerationEval, st
 def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str], progress: bool = True,
                    out_dir: Path | None = None) -> dict[str, float]:
     """All metrics of one model: learning on `domains`, forgetting (and its mean), held-out losses."""
-    from lorastudy.evaluation.choice import heldout_loss, score_choice
-
     metrics: dict[str, float] = {}
     for domain in domains:
         cfg = profile.eval.learning[domain]
@@ -99,8 +93,6 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
         forgetting.append(r[cfg.metric])
     if forgetting:
         metrics["forgetting_avg"] = sum(forgetting) / len(forgetting)
-    from lorastudy.training import to_text
-
     for name, spec in profile.eval.heldout.items():
         texts = [to_text(r) for r in load_spec(profile, spec)]
         metrics[f"heldout_{name}_loss"] = heldout_loss(model, tok, texts, seq_len=profile.training.seq_len,
@@ -108,52 +100,54 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
     return metrics
 
 
-def _rows(run_id: str, meta: dict[str, Any], metrics: dict[str, float], seconds: float) -> list[dict[str, Any]]:
+def result_rows(run_id: str, meta: dict[str, Any], metrics: dict[str, float], seconds: float) -> list[dict[str, Any]]:
+    """Tidy rows (run, checkpoint, metric, value) of one evaluated model."""
     keep = ("checkpoint", "duration", "duration_unit", "tokens_seen", "step")
     base = {"run_id": run_id, **{k: meta.get(k) for k in keep}, "eval_seconds": seconds}
     return [{**base, "metric": m, "value": float(v)} for m, v in metrics.items()]
 
 
 def evaluate_base(profile: Profile, out_root: Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """The base model on everything (both domains), cached at out_root/base/eval.json."""
-    from lorastudy.modeling import load_base
-
-    path = out_root / BASE_ID / "eval.json"
+    """The base model on everything (both domains), cached at OUT/base/eval.json."""
+    path = Layout(out_root).base_eval
     if path.is_file():
         return read_json(path)["rows"]
     model, tok = load_base(profile)
-    model = model.to(_device())
+    model = model.to(device())
     start = time.perf_counter()
     metrics = evaluate_model(model, tok, profile, domains=list(profile.eval.learning), progress=progress,
                              out_dir=path.parent)
     meta = {"checkpoint": "base", "duration": 0, "duration_unit": None, "tokens_seen": 0, "step": 0}
-    rows = _rows(BASE_ID, meta, metrics, time.perf_counter() - start)
+    rows = result_rows(BASE_ID, meta, metrics, time.perf_counter() - start)
     write_json(path, {"rows": rows})
     return rows
 
 
 def evaluate_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Every checkpoint of a trained run; each checkpoint's rows are cached in run_dir/eval/<checkpoint>.json."""
-    from lorastudy.modeling import load_finetuned, load_tokenizer, base_source
-
-    summary = read_json(run_dir / "train.json")
-    tok = load_tokenizer(profile.base.tokenizer or base_source(profile), profile.base.revision)
+    """Every checkpoint of a trained run; each checkpoint's rows are cached in RUN/eval/<checkpoint>.json."""
+    paths = RunPaths(run_dir)
+    summary = read_json(paths.train_record)
+    tok = profile_tokenizer(profile)
     rows: list[dict[str, Any]] = []
     for meta in summary["checkpoints"]:
-        path = run_dir / "eval" / f"{meta['checkpoint']}.json"
+        label = meta["checkpoint"]
+        path = paths.eval_record(label)
         if not path.is_file():
-            ckpt = run_dir / "checkpoints" / meta["checkpoint"]
-            model = load_finetuned(profile, spec, ckpt).to(_device())
+            model = load_finetuned(profile, spec.method, paths.checkpoint(label)).to(device())
             start = time.perf_counter()
             metrics = evaluate_model(model, tok, profile, domains=[spec.domain], progress=progress,
-                                     out_dir=path.parent / meta["checkpoint"])
-            write_json(path, {"rows": _rows(spec.run_id, meta, metrics, time.perf_counter() - start)})
+                                     out_dir=paths.eval_outputs(label))
+            write_json(path, {"rows": result_rows(spec.run_id, meta, metrics, time.perf_counter() - start)})
             del model
         rows += read_json(path)["rows"]
     return rows
 
 
-def _device() -> torch.device:
-    from lorastudy.modeling import device
-
-    return device()
+def finish_run(profile: Profile, spec: RunSpec, out_root: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write the run's results.json (its 'done' marker) with provenance from training."""
+    paths = Layout(out_root).run(spec.run_id)
+    summary = read_json(paths.train_record)
+    path = paths.results_record
+    write_json(path, {"run_id": spec.run_id, "status": summary["status"], "rows": rows,
+                      "provenance": summary["provenance"], "train_wall_time_s": summary["wall_time_s"]})
+    return path

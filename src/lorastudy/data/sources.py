@@ -1,21 +1,27 @@
-"""Resolve a dataset spec's source: `{world}` means the profile's generated mini-world folder."""
+"""A profile's datasets as records: `{world}` in a source means the profile's generated mini-world folder."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from lorastudy.config import DatasetSpec, Profile
+from lorastudy.data.adapters import load_records
+from lorastudy.data.records import Record
+from lorastudy.data.world import ensure_world
+
+
+def world_dir(profile: Profile) -> Path:
+    """The profile's mini world folder, generated on first use."""
+    return ensure_world(profile.base.world)
 
 
 def resolve_source(profile: Profile, source: str) -> str:
     if "{world}" in source:
-        from lorastudy.modeling import world_dir
-
         return source.replace("{world}", str(world_dir(profile)))
     return source
 
 
-def load_spec(profile: Profile, spec: DatasetSpec) -> list:
+def load_spec(profile: Profile, spec: DatasetSpec) -> list[Record]:
     """Records of a dataset spec through its adapter (the same code for local files and hub ids)."""
-    from lorastudy.data.adapters import load_records
-
     hub = {k: v for k, v in (("subset", spec.subset), ("data_dir", spec.data_dir)) if v is not None}
     if spec.streaming:  # otherwise the adapter streams exactly when a limit is set
         hub["streaming"] = True

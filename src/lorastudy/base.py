@@ -1,4 +1,5 @@
-"""The mini base: a word-level tokenizer and a small Llama pre-trained on the mini world, built once and cached.
+"""The base model's source, and the mini base: a word-level tokenizer and a small Llama pre-trained on the
+mini world, built once and cached.
 
 It stands in for Llama-2-7B: it must *know* the source domain (facts about people) before fine-tuning,
 so that forgetting can be measured; its source multiple-choice accuracy is printed and stored.
@@ -17,7 +18,32 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
 from lorastudy.config import Profile
-from lorastudy.io import read_jsonl, write_json
+from lorastudy.data.examples import pack_cpt
+from lorastudy.data.sources import load_spec, world_dir
+from lorastudy.evaluation.choice import score_choice
+from lorastudy.io import config_hash, read_jsonl, write_json
+from lorastudy.layout import TRAINER_DIR, base_cache
+from lorastudy.tokenizer import build_tokenizer
+from lorastudy.training import fit, training_arguments
+
+BASE_VERSION = 1  # bump when the mini base recipe changes, so cached bases are rebuilt
+
+
+def mini_base_dir(profile: Profile) -> Path:
+    """Cache folder of the mini base, keyed by everything that shapes it."""
+    b = profile.base
+    key = config_hash([BASE_VERSION, b.world.model_dump(), b.architecture.model_dump(), b.pretrain.model_dump()])
+    return base_cache(key)
+
+
+def base_source(profile: Profile) -> str:
+    """Hub id or local folder of the base model (building the mini base if needed)."""
+    if profile.base.kind == "pretrained":
+        return str(profile.base.model)
+    path = mini_base_dir(profile)
+    if not (path / "base.json").is_file():
+        build_mini_base(profile, path)
+    return str(path)
 
 
 def _strings(obj: Any) -> list[str]:
@@ -37,10 +63,6 @@ def world_texts(world: Path) -> list[str]:
 
 def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> dict[str, Any]:
     """Tokenizer + Llama pre-trained on `pretrain.jsonl`; saved atomically to `out` with base.json."""
-    from lorastudy.modeling import world_dir
-    from lorastudy.tokenizer import build_tokenizer
-    from lorastudy.training import fit, pack_cpt, training_arguments
-
     arch, pre = profile.base.architecture, profile.base.pretrain
     world = world_dir(profile)
     tok = build_tokenizer(world_texts(world))
@@ -65,7 +87,7 @@ def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> di
     wall = time.perf_counter() - start
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    shutil.rmtree(tmp / "trainer", ignore_errors=True)
+    shutil.rmtree(tmp / TRAINER_DIR, ignore_errors=True)
     summary = {
         "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
         "pretrain_tokens": ckpt.counter.tokens, "steps": steps, "wall_time_s": wall,
@@ -85,9 +107,6 @@ def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> di
 @torch.no_grad()
 def source_mc_accuracy(profile: Profile, model: torch.nn.Module, tok: Any) -> dict[str, float]:
     """Accuracy on the profile's forgetting sets: the base must know the source domain far above chance."""
-    from lorastudy.evaluation.choice import score_choice
-    from lorastudy.sources import load_spec
-
     model.eval()
     return {name: score_choice(model, tok, load_spec(profile, cfg.dataset), shots=cfg.shots,
                                batch_size=profile.eval.batch_size, progress=False)[cfg.metric]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lorastudy.config import Profile
+from lorastudy.config import Profile, ReleasedCheckpoint
+from lorastudy.evaluation.run import evaluate_model, result_rows
 from lorastudy.io import read_json, write_json
-
-if TYPE_CHECKING:
-    from lorastudy.config import ReleasedCheckpoint
+from lorastudy.layout import Layout
+from lorastudy.modeling import device, load_finetuned, profile_tokenizer
 
 MIRROR_ENV = "LORASTUDY_RELEASED_DIR"
 
@@ -50,15 +50,8 @@ def list_revisions(repo_id: str) -> list[str]:
 
 def load_released(profile: Profile, ckpt: ReleasedCheckpoint) -> Any:
     """The checkpoint as a model: a full model, or the base with the adapter (unmerged) for LoRA."""
-    from lorastudy.modeling import base_source, load_model
-
     source, revision = resolve(ckpt)
-    if ckpt.method == "full":
-        return load_model(source, profile.base.dtype, revision)
-    from peft import PeftModel
-
-    base = load_model(base_source(profile), profile.base.dtype, profile.base.revision)
-    return PeftModel.from_pretrained(base, source, revision=revision)
+    return load_finetuned(profile, ckpt.method, source, revision=revision)
 
 
 def _meta(ckpt: ReleasedCheckpoint) -> dict[str, Any]:
@@ -70,23 +63,20 @@ def _meta(ckpt: ReleasedCheckpoint) -> dict[str, Any]:
 def evaluate_released(profile: Profile, out_root: Path, *, progress: bool = True) -> list[dict[str, Any]]:
     """Every released checkpoint on its domain's learning benchmark and on forgetting, as tidy rows carrying
     the run columns of the results table; cached per checkpoint in out_root/released/ID/eval.json."""
-    from lorastudy.evaluation.run import _device, _rows, evaluate_model
-    from lorastudy.modeling import base_source, load_tokenizer
-
-    tok = load_tokenizer(profile.base.tokenizer or base_source(profile), profile.base.revision)
+    tok = profile_tokenizer(profile)
     rows: list[dict[str, Any]] = []
     for ckpt in profile.released:
         cid = checkpoint_id(ckpt)
-        path = out_root / "released" / cid / "eval.json"
+        path = Layout(out_root).released_eval(cid)
         if not path.is_file():
-            model = load_released(profile, ckpt).to(_device())
+            model = load_released(profile, ckpt).to(device())
             start = time.perf_counter()
             metrics = evaluate_model(model, tok, profile, domains=[ckpt.domain], progress=progress,
                                      out_dir=path.parent)
             run = {"domain": ckpt.domain, "regime": ckpt.regime, "method": ckpt.method, "lora_rank": ckpt.rank,
                    "lora_alpha": ckpt.alpha, "arm": "released", "status": "completed"}
             write_json(path, {"model": ckpt.model, "revision": ckpt.revision,
-                              "rows": [{**run, **r} for r in _rows(cid, _meta(ckpt), metrics,
+                              "rows": [{**run, **r} for r in result_rows(cid, _meta(ckpt), metrics,
                                                                    time.perf_counter() - start)]})
             del model
         rows += read_json(path)["rows"]

@@ -1,27 +1,11 @@
-"""Computed comparisons for the book's prose: what our runs show beside what the paper's tables show.
-
-Every claim a chapter makes about agreement with the paper comes from these functions, never from hand-typed
-numbers, so the text stays true when the results change.
-"""
+"""Chapter 10 (the paper's Figs 1–3): does full fine-tuning learn more, and does LoRA forget less, at the
+longest duration of each panel? Ours beside the same statements computed on the paper's Tables S1–S8."""
 from __future__ import annotations
 
 import pandas as pd
 
+from lorastudy.figures.style import method_label
 from lorastudy.results import wide
-
-EXTENDED_PROFILE = "mini-extended"  # the profile that runs every arm of the regularisation and sensitivity chapters
-
-
-def not_run(what: str) -> str:
-    """The markdown note a chapter shows where runs are missing (one wording for every chapter)."""
-    return (f"**{what}: not run in this profile** — run `make reproduce PROFILE={EXTENDED_PROFILE}` "
-            "(or a profile with these runs) to add it.")
-
-
-def claim(statement: str, paper: bool, ours: bool | None, detail: str) -> dict:
-    """One row of a chapter's verdict table: the paper's statement, ours (None = cannot tell), agreement."""
-    return {"statement": statement, "paper": paper, "ours": ours,
-            "agrees": None if ours is None else bool(ours == paper), "detail": detail}
 
 
 def last_checkpoints(df: pd.DataFrame) -> pd.DataFrame:
@@ -37,17 +21,13 @@ def learning_col(domain: str) -> str:
     return f"learning_{domain}"
 
 
-def method_label(row: pd.Series) -> str:
-    return "full" if row["method"] == "full" else f"LoRA r={int(row['lora_rank'])}"
-
-
 def compare_methods(df: pd.DataFrame) -> pd.DataFrame:
     """Per (domain, regime), at the longest duration: learning and forgetting of full FT and each LoRA rank,
     and whether 'full learns more' and 'LoRA forgets less' hold (averaged over seeds)."""
     last = last_checkpoints(df)
     rows = []
     for (domain, regime), g in last.groupby(["domain", "regime"]):
-        g = g.assign(label=g.apply(method_label, axis=1))
+        g = g.assign(label=g.apply(lambda r: method_label(r.method, r.lora_rank), axis=1))
         agg = g.groupby("label")[[learning_col(domain), "forgetting_avg"]].mean()
         if "full" not in agg.index or len(agg) < 2:
             continue

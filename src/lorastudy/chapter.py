@@ -1,0 +1,90 @@
+"""What every notebook opens with, in one call: the profile, its output tree, the results and the paper's
+tables, and the house style. Notebooks then hold calls, display and prose only."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lorastudy.config import Profile, RunSpec, load_profile, resolve_run
+from lorastudy.figures.style import style
+from lorastudy.layout import Layout, RunPaths
+from lorastudy.paper import paper_tables
+from lorastudy.results import collect
+
+
+@dataclass
+class Chapter:
+    """One analysis chapter of a profile: read its results lazily, cache its work under OUT/analyses/NAME/."""
+
+    profile: Profile
+    layout: Layout
+    name: str = ""
+
+    @property
+    def out(self) -> Path:
+        return self.layout.root
+
+    @property
+    def cache(self) -> Path:
+        """This chapter's cache folder (rank tables, samples, measurements)."""
+        return self.layout.analysis_cache(self.name)
+
+    @property
+    def hidden(self) -> int | None:
+        """The mini base's hidden size d (LoRA ranks are shown as fractions of it); None for pretrained bases."""
+        return self.profile.base.architecture.hidden_size if self.profile.base.kind == "mini" else None
+
+    @property
+    def alpha_ratio(self) -> float:
+        return self.profile.training.lora.alpha_ratio
+
+    @cached_property
+    def results(self) -> pd.DataFrame:
+        """The long results table of every finished run, the base and released checkpoints."""
+        return collect(self.profile, self.out)
+
+    @cached_property
+    def paper(self) -> pd.DataFrame:
+        """The paper's Tables S1–S8 in the results table's columns."""
+        return paper_tables()
+
+
+def open_chapter(profile: str, output_dir: str = "", name: str = "") -> Chapter:
+    """The chapter `name` of a profile (a name or a YAML path) over OUT (empty: the profile's default), with
+    the house style applied."""
+    prof = load_profile(profile)
+    style()
+    return Chapter(prof, prof.layout(output_dir or None), name)
+
+
+@dataclass
+class RunContext:
+    """One run as the fine-tuning and evaluation notebooks see it."""
+
+    profile: Profile
+    spec: RunSpec
+    layout: Layout
+    paths: RunPaths = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.paths = self.layout.run(self.spec.run_id)
+
+    @property
+    def out(self) -> Path:
+        return self.layout.root
+
+
+def open_run(profile: str, output_dir: str = "", run_id: str = "", durations: list[float] | None = None,
+             **explicit: Any) -> RunContext:
+    """A planned run by id, or one set by explicit settings (domain, regime, method, lora_rank, ...) validated
+    like a sweep arm; `durations` replaces the profile's checkpoints for the run's regime."""
+    prof = load_profile(profile)
+    spec = resolve_run(prof, run_id or None, **explicit)
+    if durations:
+        prof = load_profile(profile, {f"training.durations.{spec.regime}": list(durations)})
+    style()
+    return RunContext(prof, spec, prof.layout(output_dir or None))

@@ -1,0 +1,1 @@
+"""Figures: the house style (`style`) and one module of figure functions per chapter."""

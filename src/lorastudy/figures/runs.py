@@ -1,0 +1,37 @@
+"""Figures of one run's notebooks: its loss curve and its learning and forgetting along the checkpoints."""
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from lorastudy.figures.style import DEFAULT_LABELS, FULL_COLOUR, ensure_style, format_tokens
+
+def loss_curve(curve: list[dict[str, Any]], *, title: str = "") -> Figure:
+    """Training loss per optimizer step (a run's `loss_curve`), with a rolling mean to see through the noise."""
+    ensure_style()
+    df = pd.DataFrame(curve)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(df.step, df.loss, color="0.75", lw=0.8, label="per step")
+    ax.plot(df.step, df.loss.rolling(max(1, len(df) // 20), min_periods=1).mean(), color=FULL_COLOUR, lw=1.6,
+            label="rolling mean")
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=title)
+    ax.legend()
+    return fig
+
+
+def run_trajectory(rows: pd.DataFrame, *, domain: str, title: str = "") -> Figure:
+    """One run's learning and forgetting at each of its checkpoints (the evaluation notebook's figure)."""
+    ensure_style()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, metric, label in zip(axes, [f"learning_{domain}", "forgetting_avg"],
+                                 ["learning (target domain)", DEFAULT_LABELS["forgetting_avg"]]):
+        sel = rows[rows.metric == metric].sort_values("tokens_seen")
+        ax.plot(sel.tokens_seen, sel.value, marker="o", color=FULL_COLOUR)
+        ax.set(xlabel="tokens seen", ylabel=label)
+        ax.xaxis.set_major_formatter(FuncFormatter(format_tokens))
+    fig.suptitle(title)
+    return fig

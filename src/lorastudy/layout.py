@@ -1,0 +1,154 @@
+"""Every path of the output tree, in one place: no other module spells a file or folder name of it.
+
+    OUT/                              a profile's output folder (Profile.out_dir)
+      base/00_base_model.ipynb        the executed base notebook
+      base/eval.json                  the base model's result rows
+      runs/RUN_ID/                    one fine-tuning run (RunPaths)
+        01_finetune.ipynb, 02_evaluate.ipynb   executed notebooks (NAME.failed.ipynb when one failed)
+        train.json                    training summary, written last: the run is trained
+        results.json                  result rows, written last: the run is done
+        failed.json                   a recorded failure
+        checkpoints/LABEL/            saved weights + checkpoint.json (tokens, time, memory)
+        eval/LABEL.json, eval/LABEL/  one checkpoint's result rows, and its predictions
+      released/ID/eval.json           a released checkpoint's result rows
+      analyses/NAME.ipynb, NAME/      an executed chapter and its cache
+      results.csv                     the tidy results table
+      book_src/                       the assembled book source
+    CACHE/                            built worlds and mini bases (env LORASTUDY_CACHE)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+CHECKPOINT_RECORD = "checkpoint.json"  # inside every checkpoint folder
+TRAINER_DIR = "trainer"  # Trainer's own scratch folder inside a run (removed after training)
+BASE_ID = "base"  # the base model's run id in the results table
+FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK, BASE_NOTEBOOK = "01_finetune.ipynb", "02_evaluate.ipynb", "00_base_model.ipynb"
+
+
+def cache_root() -> Path:
+    """Where built worlds and bases are cached (env LORASTUDY_CACHE, default outputs/cache)."""
+    return Path(os.environ.get("LORASTUDY_CACHE", PROJECT_ROOT / "outputs" / "cache"))
+
+
+def world_cache(key: str) -> Path:
+    return cache_root() / f"world-{key}"
+
+
+def base_cache(key: str) -> Path:
+    return cache_root() / f"base-{key}"
+
+
+def failed_notebook(path: Path) -> Path:
+    """Where a notebook that raised is kept for the reader: NAME.failed.ipynb beside NAME.ipynb."""
+    return path.with_name(path.stem + ".failed.ipynb")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one run folder."""
+
+    dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.dir.name
+
+    @property
+    def train_record(self) -> Path:
+        return self.dir / "train.json"
+
+    @property
+    def results_record(self) -> Path:
+        return self.dir / "results.json"
+
+    @property
+    def failure_record(self) -> Path:
+        return self.dir / "failed.json"
+
+    @property
+    def launch_profile(self) -> Path:
+        return self.dir / "profile.yaml"
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.dir / TRAINER_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    def checkpoint(self, label: str) -> Path:
+        return self.checkpoints / label
+
+    def checkpoint_record(self, label: str) -> Path:
+        return self.checkpoint(label) / CHECKPOINT_RECORD
+
+    def eval_record(self, label: str) -> Path:
+        return self.dir / "eval" / f"{label}.json"
+
+    def eval_outputs(self, label: str) -> Path:
+        return self.dir / "eval" / label
+
+    def notebook(self, name: str) -> Path:
+        return self.dir / name
+
+    def trained(self) -> bool:
+        return self.train_record.is_file()
+
+    def done(self) -> bool:
+        return self.results_record.is_file()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The output tree of one profile."""
+
+    root: Path
+
+    def run(self, run_id: str) -> RunPaths:
+        return RunPaths(self.root / "runs" / run_id)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def base_dir(self) -> Path:
+        return self.root / BASE_ID
+
+    @property
+    def base_notebook(self) -> Path:
+        return self.base_dir / BASE_NOTEBOOK
+
+    @property
+    def base_eval(self) -> Path:
+        return self.base_dir / "eval.json"
+
+    def released_eval(self, checkpoint_id: str) -> Path:
+        return self.root / "released" / checkpoint_id / "eval.json"
+
+    def released_evals(self) -> list[Path]:
+        return sorted((self.root / "released").glob("*/eval.json"))
+
+    @property
+    def analyses_dir(self) -> Path:
+        return self.root / "analyses"
+
+    def analysis_notebook(self, name: str) -> Path:
+        return self.analyses_dir / f"{name}.ipynb"
+
+    def analysis_cache(self, name: str) -> Path:
+        return self.analyses_dir / name
+
+    @property
+    def results_table(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def book_source(self) -> Path:
+        return self.root / "book_src"
