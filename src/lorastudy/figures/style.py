@@ -34,6 +34,7 @@ PANELS = list(itertools.product(DOMAINS, REGIMES))  # the panel order of every f
 # run settings besides method and rank; when one still varies inside a panel it splits the lines
 SETTINGS = {"lora_alpha": "α", "target_modules": "modules", "learning_rate": "lr", "weight_decay": "wd",
             "attention_dropout": "dropout", "use_rslora": "rslora"}
+MARKERS = ["o", "s", "^", "D", "v", "P"]  # variants of one method and rank, beside LINESTYLES
 LINESTYLES = ["-", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]  # never "--": that is the base model's
 DEFAULT_LABELS = {"learning": "learning (pass@1 | exact match)", "forgetting_avg": "forgetting set accuracy (mean)"}
 PAPER_ROW = f"paper ({PAPER_MODEL})"
@@ -109,11 +110,12 @@ def format_tokens(x: float, _pos: Any = None) -> str:
     return f"{x:g}"
 
 
-def duration_axis(ax: Axes, regime: str, durations: np.ndarray) -> None:
+def duration_axis(ax: Axes, regime: str, durations: Any) -> None:
     """Tokens on a log axis for CPT (budgets double), epochs on a linear one for IFT; ticks only at the
-    durations evaluated, thinned where they would overlap."""
+    durations evaluated, thinned where they would overlap. `regime` is 'cpt'/'ift' or the unit
+    'tokens'/'epochs'."""
     ticks = sorted(set(float(d) for d in durations if d > 0))
-    if regime == "cpt":
+    if regime in ("cpt", "tokens"):
         ax.set_xscale("log")
         kept = [ticks[-1]] if ticks else []
         for t in reversed(ticks[:-1]):
@@ -127,6 +129,22 @@ def duration_axis(ax: Axes, regime: str, durations: np.ndarray) -> None:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
         ax.set_xlabel("epochs")
+
+
+def duration_text(duration: float, unit: str | None) -> str:
+    """'16k tokens', '2 epochs': a checkpoint's duration in words."""
+    if unit == "tokens":
+        return f"{format_tokens(duration)} tokens"
+    return f"{duration:g} epochs" if unit == "epochs" else f"{duration:g}"
+
+
+def method_colour(method: str, rank: float | None = None) -> Any:
+    """Full FT red, LoRA by rank, base grey: the house colours."""
+    if method == "full":
+        return FULL_COLOUR
+    if method == "lora":
+        return rank_colour(rank or 16)
+    return BASE_COLOUR
 
 
 def blank_panel(ax: Axes, text: str) -> None:
