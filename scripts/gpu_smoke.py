@@ -81,7 +81,7 @@ def eval_rows() -> list[dict[str, Any]]:
     from lorastudy.evaluation.choice import score_choice
     from lorastudy.evaluation.run import evaluate_code, evaluate_math
     from lorastudy.modeling import load_base
-    from lorastudy.sources import load_spec
+    from lorastudy.data.sources import load_spec
 
     profile = load_profile("tiny")
     start = time.perf_counter()

@@ -13,9 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from lorastudy.config import Training, find_run, load_profile
 from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run, inside_launcher, launch_command, run_profile
-from lorastudy.results import run_dir
 from lorastudy.tokenizer import build_tokenizer
-from lorastudy.training import train_run
+from lorastudy.finetune import train_run
+from lorastudy.layout import Layout
 
 needs_patch = pytest.mark.skipif(not hasattr(Training, "for_task"), reason="needs .issue7.patch (multi-process "
                                  "checkpointing and token counts in lorastudy.training)")
@@ -67,12 +67,12 @@ def test_two_processes_match_one(hub_folder: tuple[Path, Path], tmp_path: Path) 
     one = load_profile(_profile_file(tmp_path, model, corpus, processes=1, batch=4))
     two = load_profile(_profile_file(tmp_path, model, corpus, processes=2, batch=2))
     spec = find_run(one, "code-cpt-full-lr0.003-s0")
-    single = train_run(one, spec, run_dir(tmp_path / "one", spec.run_id), progress=False)
+    single = train_run(one, spec, Layout(tmp_path / "one").run(spec.run_id).dir, progress=False)
 
     lines: list[str] = []
     from lorastudy.launch import train_distributed
 
-    double = train_distributed(two, spec, run_dir(tmp_path / "two", spec.run_id), echo=lines.append, cpu=True)
+    double = train_distributed(two, spec, Layout(tmp_path / "two").run(spec.run_id).dir, echo=lines.append, cpu=True)
 
     assert "torch.distributed.run" in lines[0] and "--nproc_per_node=2" in lines[0]
     a = [p["loss"] for p in single["loss_curve"]]
@@ -82,7 +82,7 @@ def test_two_processes_match_one(hub_folder: tuple[Path, Path], tmp_path: Path) 
     assert a[-1] < a[0]  # it learned something
     # both processes' tokens are counted, and the checkpoints were written once, by the main process
     assert [c["tokens_seen"] for c in double["checkpoints"]] == [c["tokens_seen"] for c in single["checkpoints"]]
-    saved = sorted(p.name for p in (run_dir(tmp_path / "two", spec.run_id) / "checkpoints").iterdir())
+    saved = sorted(p.name for p in Layout(tmp_path / "two").run(spec.run_id).checkpoints.iterdir())
     assert saved == ["tokens-1024", "tokens-512"]
 
 

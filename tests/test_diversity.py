@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lorastudy.diversity import Subject, diversity_summary, diversity_verdict, pass_at_k_curve, unique_counts
+from lorastudy.analysis.diversity import Subject, diversity_summary, diversity_verdict, pass_at_k_curve, unique_counts
 
 
 def rec(task: str, completion: str, passed: bool) -> dict:

@@ -140,8 +140,8 @@ def test_check_passes_the_mini_profiles(tmp_path: Path) -> None:
 
 @needs_schema
 def test_check_items_for_the_paper_profile() -> None:
-    from lorastudy.envcheck import (check_host_memory, check_launch, gpu_memory_need, hub_repos,
-                                    training_memory_need)
+    from lorastudy.check import (check_host_memory, check_launch, gpu_memory_need, hub_repos,
+                                 training_memory_need)
     from lorastudy.estimate import model_size
 
     p = load_profile("paper")
@@ -209,7 +209,7 @@ def test_base_of_a_pretrained_profile_loads_from_a_local_folder(tiny_folder: Pat
 def test_training_examples_without_a_bos_token(tiny_folder: Path) -> None:
     """Qwen2's tokenizer has no bos token; packing and masking must not insert None."""
     from lorastudy.modeling import load_tokenizer
-    from lorastudy.training import IGNORE, pack_cpt, tokenize_ift
+    from lorastudy.data.examples import IGNORE, pack_cpt, tokenize_ift
 
     tok = load_tokenizer(str(tiny_folder))
     tok.bos_token = None
@@ -225,7 +225,7 @@ def test_released_checkpoints_resolve_and_load_from_local_folders(tiny_folder: P
     from peft import LoraConfig, get_peft_model
 
     from lorastudy.config import ReleasedCheckpoint
-    from lorastudy.released import MIRROR_ENV, checkpoint_id, evaluate_released, load_released, resolve
+    from lorastudy.evaluation.released import MIRROR_ENV, checkpoint_id, evaluate_released, load_released, resolve
     from lorastudy.results import collect
 
     torch.manual_seed(1)

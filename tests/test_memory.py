@@ -1,12 +1,16 @@
-"""Appendix H's memory model against the printed Tables S14–S16, and exact LoRA sizes of Llama-2."""
+"""Appendix H's memory model against the printed Tables S14–S16, and exact LoRA sizes of Llama-2
+(`lorastudy.memory_model`), and the memory chapter's tables of them (`lorastudy.analysis.memory`)."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
-from lorastudy.memory import (
+from lorastudy.analysis import memory
+from lorastudy.base import mini_base_dir
+from lorastudy.config import Architecture, load_profile
+from lorastudy.memory_model import (
     LLAMA2_7B,
-    PAPER_PRINTED_GB,
-    agrees_to_printed,
     LLAMA2_70B,
     activation_bytes,
     llama_shapes,
@@ -15,11 +19,12 @@ from lorastudy.memory import (
     model_state_bytes,
     paper_table,
 )
+from lorastudy.paper import PAPER_PRINTED_GB, agrees_to_printed
 
 GPUS = (1, 8, 16, 32, 64)
 GPUS_405B = (1, 8, 16, 32, 64, 128, 256)
 
-PRINTED = PAPER_PRINTED_GB  # GB per GPU as printed (PAPER.md), strings keeping the printed precision
+PRINTED = PAPER_PRINTED_GB  # GB per GPU as printed (Tables S14–S16), strings keeping the printed precision
 # Table S16 prints 54.65 for 874.8 / 16 = 54.675: a slip in the paper, not in the model.
 PAPER_SLIPS = {("405B", "Adam + LoRA", 16): 54.675}
 
@@ -48,6 +53,7 @@ def test_lora_with_fp32_frozen_weights() -> None:
     out = model_state_bytes(7e9, method="lora", optimizer="adam", frozen_dtype_bytes=4)
     assert out["total_gb"] == pytest.approx(29.12)
     assert out["frozen_weights_gb"] == pytest.approx(28)
+    assert memory.fp32_frozen_text().endswith("29.12 GB (the paper: 29.12 GB; matches: True)")
 
 
 def test_fsdp_divides_everything() -> None:
@@ -90,3 +96,59 @@ def test_activation_estimate() -> None:
     ckpt = activation_bytes(8, 4096, 4096, 32, 11008, checkpointing=True)
     assert full == 32 * activation_bytes(8, 4096, 4096, 1, 11008)
     assert ckpt < full / 10
+
+
+# ---------------------------------------------------------------- the memory chapter's tables
+def test_paper_memory_tables_match_the_printed_ones():
+    for model in ("7B", "70B"):
+        assert memory.paper_memory_comparison(model)[("matches", "")].all()
+    s16 = memory.paper_memory_comparison("405B")
+    assert s16.loc["Adam", ("matches", "")]
+    assert s16.loc["Adam + LoRA", ("mismatches", "")] == "16 GPUs"  # the paper prints 54.65 for 54.675
+
+
+def test_lora_size_table_and_state_vs_activations():
+    mini = llama_shapes(128, 384, 4, vocab=713)
+    table = memory.lora_size_table({"7B": (LLAMA2_7B, LLAMA2_7B.n_params, 2), "mini": (mini, 944_384, 4)}, ranks=[16, 64])
+    r16 = table.set_index(["model", "rank"]).loc[("7B", 16)]
+    assert r16.lora_fraction == pytest.approx(0.006, abs=0.001) and r16.lora_saves > 0.8
+    mini64 = table.set_index(["model", "rank"]).loc[("mini", 64)]
+    assert mini64.rank_of_d == 0.5 and mini64.lora_fraction > 0.5 and mini64.lora_saves < 0.2
+    sva = memory.state_vs_activations(mini, 944_384, [8, 32], 128, [4, 64])
+    assert len(sva) == 2 * 3 and (sva.activations_MiB > sva.model_state_MiB).all()
+
+
+def test_profile_model_reads_the_cached_mini_base(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORASTUDY_CACHE", str(tmp_path))
+    profile = load_profile("tiny")
+    shapes, n_params, why = memory.profile_model(profile)
+    assert shapes is None and "not built" in why
+    assert "could not be read" in memory.base_size_text(profile) and len(memory.lora_sizes(profile, [16])) == 2
+    folder = mini_base_dir(profile)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "vocab_size": 432, "tie_word_embeddings": True}))
+    shapes, n_params, _ = memory.profile_model(profile)
+    assert shapes.hidden == 64 and n_params == shapes.n_params - 432 * 64
+    (folder / "base.json").write_text(json.dumps({"parameters": 109_888}))
+    assert memory.profile_model(profile)[1] == 109_888
+    assert memory.base_size_text(profile) == "tiny base: 109,888 parameters (read from the base's config)"
+    sizes = memory.lora_sizes(profile, [16, 64])
+    assert sizes.model.tolist() == ["Llama-2-7B"] * 2 + ["Llama-2-70B"] * 2 + ["tiny base"]  # tiny's sweep: r=8
+    assert sizes.lora_params.iloc[-1] == lora_param_count(shapes.modules, 2, 8)
+
+
+def test_shapes_from_a_count():
+    shapes = memory.shapes_with_count(Architecture(), 944_384 - 713 * 128 + 1024 * 128)
+    assert shapes.vocab == 1024
+    with pytest.raises(ValueError):
+        memory.shapes_with_count(Architecture(), 1000)
+
+
+def test_lora_extra_memory_is_counted_for_lora_only():
+    mini = llama_shapes(128, 384, 4, vocab=713)
+    parts = memory.state_vs_activations(mini, 944_384, [4], 128, [4, 64]).set_index("method")
+    assert parts.loc["full", "lora_extra_MiB"] == 0 and (parts.loc["lora", "lora_extra_MiB"] > 0).all()
+    without = memory.state_vs_activations(mini, 944_384, [4], 128, [4], lora_dropout=False)
+    assert without.lora_extra_MiB.iloc[1] < parts.loc["lora", "lora_extra_MiB"].iloc[0]

@@ -10,9 +10,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorastudy.config import RunSpec, load_profile
-from lorastudy.modeling import TARGET_MODULES, apply_lora, count_parameters, weight_deltas
+from lorastudy.config import TARGET_MODULES
+from lorastudy.modeling import apply_lora, count_parameters, weight_deltas
 from lorastudy.tokenizer import build_tokenizer
-from lorastudy.training import IGNORE, checkpoint_steps, fit, pack_cpt, tokenize_ift, training_arguments
+from lorastudy.data.examples import IGNORE, pack_cpt, tokenize_ift
+from lorastudy.training import checkpoint_steps, fit, training_arguments
 
 TEXTS = [
     "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer: 3 + 4 = 7.\n#### 7",

@@ -46,6 +46,14 @@ def base_source(profile: Profile) -> str:
     return str(path)
 
 
+def base_info(profile: Profile) -> dict[str, Any]:
+    """What the mini base's build recorded (base.json: size, tokens, time, loss curve, source accuracy), or
+    just the source of a pretrained base."""
+    src = base_source(profile)
+    info = Path(src) / "base.json"
+    return json.loads(info.read_text()) if info.is_file() else {"source": src}
+
+
 def _strings(obj: Any) -> list[str]:
     if isinstance(obj, str):
         return [obj]

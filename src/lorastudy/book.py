@@ -19,8 +19,8 @@ import nbformat
 import pandas as pd
 import yaml
 
-from lorastudy.config import PROJECT_ROOT
 from lorastudy.io import write_text
+from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
 
 BOOK_DIR = PROJECT_ROOT / "book"
@@ -44,17 +44,18 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
     page and a generated `_toc.yml`."""
     if not (book_dir / "intro.md").is_file():
         raise FileNotFoundError(f"{book_dir / 'intro.md'} is missing: the book needs its static pages")
-    src = out_root / "book_src"
+    layout = Layout(out_root)
+    src = layout.book_source
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(book_dir, src, ignore=shutil.ignore_patterns("_build", "_toc.yml", ".*"))
     _write_config(book_dir / "_config.yml", src / "_config.yml")
 
-    chapters = [_copy_notebook(nb, src, nb.stem) for nb in _notebooks(out_root / "analyses")]
-    base_nb = out_root / "base" / "00_base_model.ipynb"
+    chapters = [_copy_notebook(nb, src, nb.stem) for nb in _notebooks(layout.analyses_dir)]
+    base_nb = layout.base_notebook
     base = _copy_notebook(base_nb, src, "The base model") if base_nb.is_file() else None
-    results = pd.read_csv(out_root / "results.csv") if (out_root / "results.csv").is_file() else None
+    results = pd.read_csv(layout.results_table) if layout.results_table.is_file() else None
     runs: dict[str, list[str]] = {}
-    for run in sorted(p for p in (out_root / "runs").glob("*") if p.is_dir() and _notebooks(p)):
+    for run in sorted(p for p in layout.runs_dir.glob("*") if p.is_dir() and _notebooks(p)):
         dest = src / "runs" / run.name
         runs[run.name] = [f"runs/{run.name}/{_copy_notebook(nb, dest, f'{nb.stem} ({run.name})')}"
                           for nb in _notebooks(run)]
@@ -62,7 +63,7 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
     if runs:
         write_text(src / "runs" / "index.md", _runs_index(profile_name, list(runs)))
 
-    write_text(src / "results.md", _results_page(profile_name, out_root / "results.csv", results, src))
+    write_text(src / "results.md", _results_page(profile_name, layout.results_table, results, src))
     toc = _toc([p for p in PAGES_BEFORE if (src / f"{p}.md").is_file()],
                chapters,
                [p for p in PAGES_AFTER if (src / f"{p}.md").is_file()],
@@ -203,7 +204,7 @@ def _run_page(run_id: str, results: pd.DataFrame | None, run_dir: Path) -> str:
     """A run's page: its settings and status; its notebooks are the sub-pages."""
     rows = results[results.run_id == run_id] if results is not None else pd.DataFrame()
     if rows.empty:
-        state = "failed" if (run_dir / "failed.json").is_file() else "no results yet"
+        state = "failed" if RunPaths(run_dir).failure_record.is_file() else "no results yet"
         return f"# {run_id}\n\nStatus: {state}. The executed notebooks below show how far it got.\n"
     first = rows.iloc[0]
     shown = [c for c in [*RUN_COLUMNS[1:], "status"] if pd.notna(first.get(c))]

@@ -4,7 +4,7 @@ GPUs (count ≥ training.num_processes, memory ≥ an estimate of what a run nee
 and downloads, host memory for the in-memory training data, the hub (reachable; gated models such as
 Llama-2 need a token with access) and every hub model and dataset the profile reads, local data files, and
 the multi-GPU launch config. The mini profiles run on CPU and need none of the GPU or hub items.
-Memory and disk needs are estimates (lorastudy.memory's Appendix H model, lorastudy.estimate's sizes).
+Memory and disk needs are estimates (lorastudy.memory_model's Appendix H model, lorastudy.estimate's sizes).
 """
 from __future__ import annotations
 
@@ -15,8 +15,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorastudy.config import ConfigError, DatasetSpec, Profile, load_profile, plan_runs
+import psutil
+
+from lorastudy.config import TARGET_MODULES, ConfigError, DatasetSpec, Profile, load_profile, plan_runs
+from lorastudy.data.adapters import _looks_like_path
 from lorastudy.estimate import ModelSize, data_tokens, model_size
+from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run
+from lorastudy.memory_model import activation_bytes, lora_fraction, model_state_bytes
 
 GB = 1e9
 BYTES_PER_HELD_TOKEN = 100  # Python lists of int hold a token ~3 times (stream, input_ids, labels) at ~36 B each
@@ -39,7 +44,7 @@ def needs_gpu(profile: Profile) -> bool:
 
 # ---------------------------------------------------------------- GPUs
 def _gpus() -> list[tuple[str, int]]:
-    import torch
+    import torch  # heavy: only the GPU profiles ask, so the mini profiles' check stays fast
 
     if not torch.cuda.is_available():
         return []
@@ -54,9 +59,6 @@ def training_memory_need(profile: Profile, size: ModelSize) -> tuple[float, str]
     in the base dtype) sharded over the processes; activations are one micro-batch's (checkpointed under
     FSDP, which the launch config turns on) plus fp32 logits for the loss.
     """
-    from lorastudy.memory import activation_bytes, lora_fraction, model_state_bytes
-    from lorastudy.modeling import TARGET_MODULES
-
     t = profile.training
     n, s = size.n_params, size.shapes
     optimizer = "lion" if t.optimizer == "lion" else "adam"
@@ -124,9 +126,6 @@ def disk_needs(profile: Profile, size: ModelSize | None) -> dict[str, float]:
     """Bytes to write: checkpoints under the output folder, and model downloads into the hub cache."""
     if size is None:
         return {"outputs": 0.0, "hub cache": 0.0}
-    from lorastudy.memory import lora_fraction
-    from lorastudy.modeling import TARGET_MODULES
-
     n, weight_bytes = size.n_params, 4 if profile.base.dtype == "float32" else 2
     outputs = 0.0
     for run in plan_runs(profile):
@@ -142,7 +141,7 @@ def disk_needs(profile: Profile, size: ModelSize | None) -> dict[str, float]:
 
 
 def check_disk(profile: Profile, size: ModelSize | None, out_root: Path) -> list[Check]:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: imported only when a check runs
 
     needs = disk_needs(profile, size)
     places = {"outputs": _free_bytes(out_root), "hub cache": _free_bytes(Path(constants.HF_HUB_CACHE))}
@@ -160,8 +159,6 @@ def check_disk(profile: Profile, size: ModelSize | None, out_root: Path) -> list
 
 def check_host_memory(profile: Profile) -> Check:
     """lorastudy.training holds a run's whole tokenized training set in memory; it must fit in RAM."""
-    import psutil
-
     worst, which = 0.0, ""
     for run in plan_runs(profile):
         task = profile.training.for_task(run.domain, run.regime)
@@ -180,8 +177,6 @@ def check_host_memory(profile: Profile) -> Check:
 
 # ---------------------------------------------------------------- hub and local data
 def _is_hub_id(source: str) -> bool:
-    from lorastudy.data.adapters import _looks_like_path
-
     return "{world}" not in source and not Path(source).expanduser().exists() and not _looks_like_path(source)
 
 
@@ -212,7 +207,7 @@ def check_local_files(profile: Profile) -> Check:
 
 def hub_reachable(timeout: float) -> tuple[bool, str]:
     """One HEAD request to the hub endpoint, so that an offline machine fails fast and once."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: imported only when a check runs
 
     if constants.HF_HUB_OFFLINE:
         return False, "HF_HUB_OFFLINE is set"
@@ -225,7 +220,7 @@ def hub_reachable(timeout: float) -> tuple[bool, str]:
 
 def check_repo(repo_type: str, repo_id: str, revision: str | None, timeout: float) -> Check:
     """Exists at this revision, and if gated, the current token has been granted access."""
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi, get_token  # heavy: imported only when a check runs
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     name = f"{repo_type} {repo_id}" + (f"@{revision}" if revision else "")
@@ -269,8 +264,6 @@ def check_launch(profile: Profile) -> Check | None:
     if t.gradient_checkpointing:
         return Check("launch", False, "training.gradient_checkpointing must be false with several processes: "
                                       "the FSDP config checkpoints activations (the Trainer refuses both)")
-    from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run
-
     try:
         plugin, _ = fsdp_dry_run(num_processes=t.num_processes)
     except Exception as err:  # noqa: BLE001 - any failure of accelerate's own validation is the finding

@@ -56,14 +56,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_base(args: argparse.Namespace) -> int:
-    from lorastudy.base import base_source
+    from lorastudy.base import base_info, base_source
 
     profile = _profile(args)
-    src = base_source(profile)
-    info = Path(src) / "base.json"
-    print(f"base model: {src}")
-    if info.is_file():
-        meta = json.loads(info.read_text())
+    print(f"base model: {base_source(profile)}")
+    meta = base_info(profile)
+    if "parameters" in meta:
         print(json.dumps({k: meta.get(k) for k in ("parameters", "vocab_size", "pretrain_tokens", "wall_time_s",
                                                     "source_mc")}, indent=1))
     return 0

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorastudy.config import DatasetSpec, GenerationEval, Profile, RunSpec, plan_runs
-from lorastudy.memory import ModelShapes, llama_shapes
+from lorastudy.memory_model import ModelShapes, llama_shapes
+from lorastudy.paper import PAPER_LORA_THROUGHPUT_RATIO, PAPER_NODE_GPUS, PAPER_NODE_TOKENS_PER_S
 
 # ---------------------------------------------------------------- hardware (NVIDIA data sheets, dense bf16)
 GPU_PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # SXM parts; H100 PCIe: 756e12
@@ -25,12 +26,12 @@ REFERENCE_GPU = "H100"
 # ---------------------------------------------------------------- throughput
 # Fig S10 of the paper: Llama-2-7B on one node of 8×H100, whole-node throughput up to ~42.5k tokens/s (full
 # FT; ~25k at the slowest settings): 6 × 6.74e9 × 42.5e3 / (8 × 989e12) ≈ 0.22 of peak.
-MFU_PAPER_7B = 6 * 6.74e9 * 42_500 / (8 * 989e12)
+MFU_PAPER_7B = 6 * 6.74e9 * PAPER_NODE_TOKENS_PER_S / (PAPER_NODE_GPUS * 989e12)
 # Models below ~3B parameters: an assumption, not a measurement. Their narrow matrices (hidden ≤ 2048) keep
 # a GPU busy less well than 7B's; 0.15 is a conservative guess until scripts/gpu_smoke.sh measures it.
 MFU_SMALL_MODEL = 0.15
-LORA_SLOWDOWN = 0.85  # Fig S10: LoRA's throughput ~15% below full FT's (peft, unoptimised)
-CPU_TOKENS_PER_S = 12_000.0  # DESIGN.md pilot: the 0.9M-parameter mini Llama on 2 CPU threads
+LORA_SLOWDOWN = PAPER_LORA_THROUGHPUT_RATIO  # Fig S10: LoRA's throughput ~15% below full FT's (peft, unoptimised)
+CPU_TOKENS_PER_S = 12_000.0  # measured in the pilot: the 0.9M-parameter mini Llama on 2 CPU threads
 GENERATION_STEP_S = 0.03  # assumed floor per decoding step of transformers' generate (Python/launch overhead)
 
 # ---------------------------------------------------------------- data (tokens per record)
@@ -39,7 +40,7 @@ GENERATION_STEP_S = 0.03  # assumed floor per decoding step of transformers' gen
 DATASET_RECORDS = {"metamathqa": 395_000, "magicoder": 110_000}
 TOKENS_PER_RECORD = {"metamathqa": 103e6 / 395_000, "magicoder": 73e6 / 110_000, "openwebmath": 2_300.0,
                      "starcoder_python": 1_500.0}
-CORPUS_TOKENS = {"openwebmath": 14.7e9, "starcoder_python": 20e9}  # PAPER.md (OpenWebMath 14.7B tokens)
+CORPUS_TOKENS = {"openwebmath": 14.7e9, "starcoder_python": 20e9}  # the paper: OpenWebMath has 14.7B tokens
 
 # Evaluation sets: full sizes of the splits the profiles use, and assumed tokens per item (Llama tokenizer).
 EVAL_ITEMS = {"gsm8k": 1319, "humaneval": 164, "hellaswag": 10_042, "arc_challenge": 1172, "winogrande": 1267}

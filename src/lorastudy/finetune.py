@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from transformers import set_seed
 
 from lorastudy.config import Profile, RunSpec
@@ -94,3 +95,9 @@ def ensure_trained(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: 
     """The run's training summary, training it first unless a finished (or diverged) run is already there;
     a profile with several processes trains under `accelerate launch` (lorastudy.launch)."""
     return read_train_summary(run_dir) or run_training(profile, spec, run_dir, progress=progress)
+
+
+def checkpoint_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """The run's checkpoints: step, tokens seen, throughput, loss and peak memory (in MiB)."""
+    ckpts = pd.DataFrame(summary["checkpoints"])
+    return ckpts.assign(peak_memory_MiB=ckpts.peak_memory_bytes / 2**20).drop(columns="peak_memory_bytes")

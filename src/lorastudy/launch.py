@@ -104,6 +104,7 @@ def fsdp_dry_run(config_file: Path = FSDP_CONFIG, num_processes: int = 2) -> tup
     """The FSDP plugin each process of `accelerate launch --config_file FILE` would build, without launching
     or needing a GPU: accelerate's own argument validation and launch environment, then the plugin read
     from that environment. Returns (plugin, the FSDP_*/ACCELERATE_* variables the launcher would set)."""
+    # heavy: accelerate's launcher internals, needed only for the dry run of the FSDP config
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from lorastudy.base import base_source
 from lorastudy.config import TARGET_MODULES, Profile, RunSpec
@@ -32,7 +33,6 @@ def resolve_dtype(name: str) -> torch.dtype:
 def quiet_loading() -> Iterator[None]:
     """No per-model progress bar or peft deprecation warning while loading dozens of checkpoints (a
     chapter's output would be mostly "Loading weights" lines otherwise)."""
-    from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -46,11 +46,9 @@ def quiet_loading() -> Iterator[None]:
 
 
 @contextmanager
-def small_model_threads(profile: Profile) -> Iterator[None]:
-    """One CPU thread while working on a mini model: its matrices are too small to gain from a second
-    thread, and on busy cores OpenMP's waiting made a 128×64 SVD 0.37 s instead of 0.0005 s (and sampling
-    16×8 completions 48 s instead of 1.7 s). GPU runs and pretrained bases are left alone."""
-    if profile.base.kind != "mini" or torch.cuda.is_available():
+def one_thread(active: bool = True) -> Iterator[None]:
+    """One torch CPU thread while active (and the previous count restored after)."""
+    if not active:
         yield
         return
     old = torch.get_num_threads()
@@ -59,6 +57,15 @@ def small_model_threads(profile: Profile) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextmanager
+def small_model_threads(profile: Profile) -> Iterator[None]:
+    """One CPU thread while working on a mini model: its matrices are too small to gain from a second
+    thread, and on busy cores OpenMP's waiting made a 128×64 SVD 0.37 s instead of 0.0005 s (and sampling
+    16×8 completions 48 s instead of 1.7 s). GPU runs and pretrained bases are left alone."""
+    with one_thread(profile.base.kind == "mini" and not torch.cuda.is_available()):
+        yield
 
 
 def load_tokenizer(source: str, revision: str | None = None) -> PreTrainedTokenizerBase:

@@ -1,7 +1,7 @@
 """Execute a profile: base notebook, then 01_finetune and 02_evaluate for every planned run, then the analyses.
 
 Every step is a papermill-executed notebook written atomically into the output folder, so the executed
-notebooks are the book's appendix. A run is done when its `results.json` exists; re-running skips done runs
+notebooks are the book's appendix. A run is done when its results record exists (lorastudy.layout); re-running skips done runs
 and redoes failed or interrupted ones.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lorastudy.config import Profile, RunSpec, plan_runs
-from lorastudy.io import read_json, write_json
+from lorastudy.io import write_json
 from lorastudy.layout import (BASE_NOTEBOOK, EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, NOTEBOOKS, PROJECT_ROOT, Layout,
                               failed_notebook)
 from lorastudy.results import collect, write_table

@@ -12,20 +12,11 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Trainer,
-    TrainerCallback,
-    ProgressCallback,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import PreTrainedModel, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
 from lorastudy.config import Profile
 from lorastudy.data.examples import PadCollator
@@ -160,7 +151,7 @@ def optimizer_spec(name: str, args: TrainingArguments) -> tuple[type, dict[str, 
     """The paper's decoupled LionW (lion-pytorch, decay scaled by lr/peak lr as in composer), or None = AdamW."""
     if name != "lion":
         return None
-    from lion_pytorch import Lion
+    from lion_pytorch import Lion  # optional: only profiles that train with Lion need it
 
     return Lion, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2),
                   "weight_decay": args.weight_decay, "decoupled_weight_decay": True}

@@ -43,7 +43,7 @@ def _read_file(path: Path) -> list[dict]:
     """Rows of one local file: JSON array or JSON lines, text lines as {"line": ...}, or parquet."""
     fmt, comp = _file_kind(path.name)
     if fmt == ".parquet" and not comp:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # heavy: only parquet snapshots need it
 
         return pq.read_table(path).to_pylist()
     if fmt in ("", ".parquet"):
@@ -65,7 +65,7 @@ def _read_file(path: Path) -> list[dict]:
 def _read_hub(source: str, subset: str | None, split: str | None, limit: int | None,
               streaming: bool | None, **hub_kw: Any) -> list[dict]:
     """Rows of a hub dataset; with a limit it streams so only the first rows are downloaded."""
-    import datasets
+    import datasets  # heavy and networked: only hub ids load through it
 
     stream = limit is not None if streaming is None else streaming
     ds = datasets.load_dataset(source, subset, split=split or "train", streaming=stream, **hub_kw)

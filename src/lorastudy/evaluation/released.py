@@ -43,7 +43,7 @@ def resolve(ckpt: ReleasedCheckpoint) -> tuple[str, str | None]:
 
 def list_revisions(repo_id: str) -> list[str]:
     """Branch names of a hub repository (the intermediate checkpoints); needs the network."""
-    from huggingface_hub import list_repo_refs
+    from huggingface_hub import list_repo_refs  # networked: only listing a repository's branches needs it
 
     return sorted(b.name for b in list_repo_refs(repo_id).branches)
 
@@ -62,7 +62,7 @@ def _meta(ckpt: ReleasedCheckpoint) -> dict[str, Any]:
 
 def evaluate_released(profile: Profile, out_root: Path, *, progress: bool = True) -> list[dict[str, Any]]:
     """Every released checkpoint on its domain's learning benchmark and on forgetting, as tidy rows carrying
-    the run columns of the results table; cached per checkpoint in out_root/released/ID/eval.json."""
+    the run columns of the results table; cached per checkpoint (Layout.released_eval)."""
     tok = profile_tokenizer(profile)
     rows: list[dict[str, Any]] = []
     for ckpt in profile.released:

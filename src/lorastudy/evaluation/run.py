@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from lorastudy.config import GenerationEval, Profile, RunSpec
 from lorastudy.data import prompts
 from lorastudy.data.examples import to_text
@@ -151,3 +153,9 @@ def finish_run(profile: Profile, spec: RunSpec, out_root: Path, rows: list[dict[
     write_json(path, {"run_id": spec.run_id, "status": summary["status"], "rows": rows,
                       "provenance": summary["provenance"], "train_wall_time_s": summary["wall_time_s"]})
     return path
+
+
+def run_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A run's rows as one line per checkpoint (by tokens seen) and a column per metric."""
+    table = pd.DataFrame(rows).pivot_table(index=["checkpoint", "tokens_seen"], columns="metric", values="value")
+    return table.sort_index(level="tokens_seen")

@@ -159,3 +159,12 @@ def savefig(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
+
+
+def log_value_axis(ax: Axes, values: Any, *, base: int = 10) -> None:
+    """A log x axis with ticks only at `values`, labelled as plain numbers (learning rates, batch sizes)."""
+    ticks = sorted(set(values))
+    ax.set_xscale("log", base=base)
+    ax.xaxis.set_major_locator(FixedLocator(ticks) if ticks else NullLocator())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
 
-from lorastudy.data.prompts import math_prompt, math_response
 from lorastudy.data.records import MathProblem
 from lorastudy.data.world.settings import WorldConfig, part_rng
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from lorastudy.data.records import CodeTask
-from lorastudy.data.world.parts import (ALL, ARG, FAMILIES, STR_LETTERS, Combo, combos, family_of, n_parts, parts_of,
+from lorastudy.data.world.parts import (ARG, FAMILIES, STR_LETTERS, Combo, combos, family_of, n_parts, parts_of,
                                         single_parts)
 from lorastudy.data.world.settings import WorldConfig, part_rng
 

@@ -3,7 +3,7 @@
 Model states only, as in the paper: everything trained is kept in fp32 (4-byte master weights,
 4-byte gradients, optimizer moments: 8 bytes for Adam's two, 4 for Lion's one); LoRA's frozen base
 weights are stored in `frozen_dtype_bytes` (bf16 = 2). FSDP shards every state evenly over the GPUs.
-GB means 1e9 bytes, as the paper's tables do.
+GB means 1e9 bytes, as the paper's tables do. The paper's printed numbers live in `lorastudy.paper`.
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from lorastudy.config import TARGET_MODULES
+from lorastudy.paper import PAPER_LORA_FRACTION, PAPER_PARAMS
+
 GB = 1e9
 FP32_BYTES = 4
 OPTIMIZER_BYTES = {"adam": 8, "lion": 4}  # fp32 moments per trained parameter
-PAPER_PARAMS = {"7B": 7e9, "70B": 70e9, "405B": 405e9}
-PAPER_LORA_FRACTION = 0.01
-LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 Method = Literal["full", "lora"]
 Optimizer = Literal["adam", "lion"]
@@ -61,8 +61,8 @@ def model_state_bytes(
 def paper_table(model: Literal["7B", "70B", "405B"], gpus: Sequence[int] = (1, 8, 16, 32, 64)) -> list[dict]:
     """Tables S14–S16: GB per GPU for {Adam, Lion} × {full, 1% LoRA}, keyed by GPU count.
 
-    Ψ is the nominal size (7e9, 70e9, 405e9), as in the paper. PAPER.md lists only the Adam rows
-    of Table S16 (405B); the Lion rows are computed all the same.
+    Ψ is the nominal size (7e9, 70e9, 405e9), as in the paper. Table S16 (405B) prints only its Adam
+    rows; the Lion rows are computed all the same.
     """
     n_params = PAPER_PARAMS[model]
     rows = []
@@ -124,7 +124,7 @@ def lora_param_count(shapes: dict[str, tuple[int, int]], n_layers: int, rank: in
     return n_layers * sum(rank * (o + i) for o, i in shapes.values())
 
 
-def lora_fraction(model: ModelShapes, rank: int, modules: Sequence[str] = LLAMA_MODULES) -> float:
+def lora_fraction(model: ModelShapes, rank: int, modules: Sequence[str] = TARGET_MODULES["all"]) -> float:
     """LoRA parameters over base parameters Ψ, the quantity the paper assumes to be 1%."""
     adapted = {name: model.modules[name] for name in modules}
     return lora_param_count(adapted, model.n_layers, rank) / model.n_params
@@ -152,25 +152,3 @@ def activation_bytes(
     if not checkpointing:
         return float(n_layers * per_layer)
     return float(n_layers * tokens * hidden * dtype_bytes + per_layer)
-
-
-# GB per GPU as printed in the paper (Appendix H), as strings so that the printed precision is kept.
-PAPER_PRINTED_GB: dict[tuple[str, str], list[str]] = {
-    ("7B", "Adam"): ["112", "14", "7", "3.5", "1.75"],
-    ("7B", "Adam + LoRA"): ["15.12", "1.89", "0.945", "0.4725", "0.236"],
-    ("7B", "Lion"): ["84", "10.5", "5.25", "2.625", "1.3125"],
-    ("7B", "Lion + LoRA"): ["14.84", "1.855", "0.9275", "0.464", "0.232"],
-    ("70B", "Adam"): ["1120", "140", "70", "35", "17.5"],
-    ("70B", "Adam + LoRA"): ["151.2", "18.9", "9.45", "4.725", "2.36"],
-    ("70B", "Lion"): ["840", "105", "52.5", "26.25", "13.125"],
-    ("70B", "Lion + LoRA"): ["148.4", "18.55", "9.275", "4.64", "2.32"],
-    ("405B", "Adam"): ["6480", "810", "405", "202.5", "101.25", "50.625", "25.3"],
-    ("405B", "Adam + LoRA"): ["874.8", "109.35", "54.65", "27.34", "13.67", "6.83", "3.42"],
-}
-PAPER_GPUS = {"7B": (1, 8, 16, 32, 64), "70B": (1, 8, 16, 32, 64), "405B": (1, 8, 16, 32, 64, 128, 256)}
-
-
-def agrees_to_printed(value: float, printed: str) -> bool:
-    """Equal to a printed number within half a unit of its last printed digit."""
-    decimals = len(printed.split(".")[1]) if "." in printed else 0
-    return abs(value - float(printed)) <= 0.5 * 10**-decimals + 1e-9

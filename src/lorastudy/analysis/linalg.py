@@ -1,4 +1,5 @@
-"""Spectral analyses of weight matrices (paper Fig 6, S7, S8; Shuttleworth et al. 2024; KL forgetting).
+"""The tensor math of the weight analyses (paper Figs 6, S7, S8; Shuttleworth et al. 2024; KL forgetting):
+singular values, explained variance and ranks, intruder dimensions, KL from logits.
 
 Pure tensor math: callers load the weights. Everything is computed in fp32 at least (fp64 stays fp64),
 because SVDs of bf16 weights are neither supported nor accurate enough for cumulative-variance ranks.
@@ -11,8 +12,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-ATTENTION_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
-MLP_MODULES = frozenset({"gate_proj", "up_proj", "down_proj"})
+from lorastudy.config import ATTENTION_MODULES, MLP_MODULES
 
 # Cumulative shares are compared with this slack so that a share equal to the threshold up to
 # rounding (e.g. 9/10 for a 10x10 identity) counts as reaching it.

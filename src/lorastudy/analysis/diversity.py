@@ -1,4 +1,4 @@
-"""Generation diversity of code models (paper Fig 5 and Fig S9).
+"""Chapter 12 (the paper's Fig 5 and Fig S9): generation diversity of code models.
 
 The paper samples HumanEval completions at a low temperature (0.2, top_p 0.95) and counts the distinct
 completions among the passing and among the failing samples of each task: the base model is the most
@@ -7,7 +7,7 @@ unbiased estimator: LoRA's curve approaches full fine-tuning's as k grows.
 
 `sample_diversity` samples and scores one model (cached per model and temperature); `unique_counts`,
 `diversity_summary` and `pass_at_k_curve` aggregate sample records {task_id, completion, passed}, so they
-can be checked on hand-made records; the plots draw Fig 5 and Fig S9 in the house style.
+can be checked on hand-made records.
 """
 from __future__ import annotations
 
@@ -16,19 +16,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from lorastudy import plots
-from lorastudy.config import Profile, RunSpec, config_hash
+from lorastudy.analysis.checkpoints import (finished_runs, fingerprint, load_base_on_device, load_checkpoint,
+                                            missing_runs_note, run_checkpoints)
+from lorastudy.analysis.claims import claim
+from lorastudy.config import Profile, RunSpec
+from lorastudy.data import prompts
+from lorastudy.data.sources import load_spec
+from lorastudy.evaluation.code import evaluate_samples
+from lorastudy.evaluation.generate import generate
 from lorastudy.evaluation.passk import pass_at_k, unique_count
-from lorastudy.io import read_json, write_json
+from lorastudy.figures.style import method_label
+from lorastudy.io import config_hash, read_json, write_json
+from lorastudy.modeling import profile_tokenizer, small_model_threads
 
-__all__ = ["Subject", "code_tasks", "diversity_subjects", "sample_diversity", "unique_counts", "diversity_summary",
-           "pass_at_k_curve", "diversity_verdict", "plot_unique", "plot_pass_at_k"]
+__all__ = ["Subject", "RUNS_NEEDED", "PASSK_CLAIM", "code_tasks", "diversity_subjects", "samples_line",
+           "missing_note", "sample_diversity", "sample_all", "unique_counts", "diversity_summary", "pass_at_k_curve",
+           "pass_at_k_curves", "pass_at_k_table", "diversity_verdict"]
+
+RUNS_NEEDED = {"full": "Full fine-tuning on code IFT (the full arm)", "lora": "LoRA on code IFT (the lora arm)"}
+PASSK_CLAIM = "full FT's pass@k lead over LoRA shrinks as k grows"
+PASSK_SHOWN = (1, 2, 4, 8, 16, 32)  # the k of the pass@k table, beside the largest
+
+Records = list[dict[str, Any]]
+PerSubject = dict[str, tuple["Subject", Records]]  # legend label → (model, its sample records)
 
 
 @dataclass(frozen=True)
@@ -43,10 +56,9 @@ class Subject:
     checkpoint: str | None = None
 
 
+# ----------------------------------------------------------------------------- the models and their samples
 def code_tasks(profile: Profile, n_tasks: int) -> list[Any]:
     """The first n_tasks of the profile's code test set (what chapter 12 samples on)."""
-    from lorastudy.sources import load_spec
-
     return load_spec(profile, profile.eval.learning["code"].dataset)[:n_tasks]
 
 
@@ -55,8 +67,6 @@ def diversity_subjects(profile: Profile, out_root: Path, *, domain: str = "code"
                        checkpoint_index: int = -1) -> list[Subject]:
     """The base and one checkpoint (default the last) of every main-grid full-FT and LoRA run of the panel
     (first seed), ordered base, full, LoRA by rank: the models the paper compares in Figs 5 and S9."""
-    from lorastudy.weights import finished_runs, run_checkpoints
-
     subjects = [Subject("base", "base", "base")]
     specs = finished_runs(profile, out_root, domain=domain, regime=regime, arm=list(arms))
     if specs:
@@ -67,45 +77,54 @@ def diversity_subjects(profile: Profile, out_root: Path, *, domain: str = "code"
         if not ckpts:
             continue
         label = ckpts[max(-len(ckpts), min(checkpoint_index, len(ckpts) - 1))]["checkpoint"]
-        name = plots.method_label(spec.method, spec.lora_rank, hidden_size)
+        name = method_label(spec.method, spec.lora_rank, hidden_size)
         if checkpoint_index != -1:
             name += f" at {label}"
         subjects.append(Subject(f"{spec.run_id}/{label}", name, spec.method, spec.lora_rank, spec, label))
     return subjects
 
 
-def _load(profile: Profile, out_root: Path, subject: Subject) -> Any:
-    from lorastudy.modeling import base_source, device, load_model
-    from lorastudy.weights import load_checkpoint, quiet_loading
+def samples_line(tasks: Sequence[Any], subjects: Sequence[Subject], n_samples: int) -> str:
+    """'N code tasks x S samples per temperature; models: base, full, ...'."""
+    return (f"{len(tasks)} code tasks x {n_samples} samples per temperature; models: "
+            + ", ".join(s.label for s in subjects))
 
+
+def missing_note(subjects: Iterable[Subject]) -> str:
+    """The not-run notes for the methods the chapter compares but found no run of (empty when none)."""
+    return missing_runs_note(subjects, RUNS_NEEDED)
+
+
+def _load(profile: Profile, out_root: Path, subject: Subject) -> Any:
     if subject.spec is None:
-        with quiet_loading():
-            return load_model(base_source(profile), profile.base.dtype, profile.base.revision).to(device()).eval()
+        return load_base_on_device(profile)[0]
     # merged LoRA samples the same distribution (fp32 logits agree to ~3e-6) and generates faster
-    return load_checkpoint(profile, out_root, subject.spec, subject.checkpoint, dtype=None, merge=True)
+    return load_checkpoint(profile, out_root, subject.spec, str(subject.checkpoint), dtype=None, merge=True)
+
+
+def _fingerprint(out_root: Path, subject: Subject) -> str:
+    """The checkpoint's fingerprint (changes when it is retrained); 'base' for the base model."""
+    if subject.spec is None:
+        return "base"
+    return fingerprint(out_root, subject.spec.run_id, str(subject.checkpoint))
 
 
 def sample_diversity(profile: Profile, out_root: Path, subject: Subject, tasks: Sequence[Any], *, n_samples: int,
                      temperature: float, top_p: float = 0.95, batch_size: int = 0, seed: int = 0,
-                     cache_dir: Path | None = None, progress: bool = False) -> list[dict[str, Any]]:
+                     cache_dir: Path | None = None, progress: bool = False) -> Records:
     """n_samples completions per task from one model at one temperature, each run in the sandbox; records
     {task_id, completion, passed}, cached under cache_dir/SUBJECT/ keyed by every setting that shapes them."""
-    from lorastudy import prompts
-    from lorastudy.evaluation.code import evaluate_samples
-    from lorastudy.evaluation.generate import generate
-    from lorastudy.weights import small_model_threads
-
     cfg = profile.eval.learning["code"]
     settings = {"tasks": [t.task_id for t in tasks], "n": n_samples, "temperature": temperature, "top_p": top_p,
                 "max_new_tokens": cfg.max_new_tokens, "seed": seed, "timeout": cfg.timeout}
-    fingerprint = _fingerprint(out_root, subject)
+    stamp = _fingerprint(out_root, subject)
     path = (cache_dir / subject.key / f"T{temperature:g}-n{n_samples}-{config_hash(settings, 8)}.json"
             if cache_dir else None)
     if path is not None and path.is_file():
         saved = read_json(path)
-        if saved.get("settings") == settings and saved.get("fingerprint") == fingerprint:
+        if saved.get("settings") == settings and saved.get("fingerprint") == stamp:
             return saved["records"]
-    model, tok = _load(profile, out_root, subject), _tokenizer(profile)
+    model, tok = _load(profile, out_root, subject), profile_tokenizer(profile)
     with small_model_threads(profile):
         comps = generate(model, tok, [t.prompt for t in tasks], max_new_tokens=cfg.max_new_tokens,
                          temperature=temperature, top_p=top_p, n=n_samples, stop=prompts.CODE_STOP,
@@ -114,22 +133,14 @@ def sample_diversity(profile: Profile, out_root: Path, subject: Subject, tasks: 
     scored = evaluate_samples(samples, {t.task_id: t for t in tasks}, timeout=cfg.timeout, progress=progress)
     records = [{**s, "passed": bool(r["passed"])} for s, r in zip(samples, scored["samples"])]
     if path is not None:
-        write_json(path, {"settings": settings, "fingerprint": fingerprint, "records": records})
+        write_json(path, {"settings": settings, "fingerprint": stamp, "records": records})
     return records
 
 
-def _tokenizer(profile: Profile) -> Any:
-    from lorastudy.modeling import base_source, load_tokenizer
-
-    return load_tokenizer(profile.base.tokenizer or base_source(profile), profile.base.revision)
-
-
-def _fingerprint(out_root: Path, subject: Subject) -> str:
-    """Changes when the checkpoint is retrained (its checkpoint.json), or names the base's folder."""
-    if subject.spec is None:
-        return "base"
-    meta = out_root / "runs" / subject.spec.run_id / "checkpoints" / str(subject.checkpoint) / "checkpoint.json"
-    return config_hash(meta.read_text()) if meta.is_file() else subject.key
+def sample_all(profile: Profile, out_root: Path, subjects: Sequence[Subject], tasks: Sequence[Any],
+               **settings: Any) -> PerSubject:
+    """`sample_diversity` (same settings) for every subject, by legend label."""
+    return {s.label: (s, sample_diversity(profile, out_root, s, tasks, **settings)) for s in subjects}
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -150,7 +161,7 @@ def unique_counts(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                                        "unique_failing"])
 
 
-def diversity_summary(per_subject: dict[str, tuple[Subject, list[dict[str, Any]]]]) -> pd.DataFrame:
+def diversity_summary(per_subject: PerSubject) -> pd.DataFrame:
     """Per model: mean per task of samples and distinct completions, all / passing / failing, the share of
     samples that are distinct, and pass@1 of these samples."""
     rows = []
@@ -181,15 +192,22 @@ def pass_at_k_curve(records: Iterable[dict[str, Any]], ks: Iterable[int] | None 
                                               for k in ks]})
 
 
-PASSK_CLAIM = "full FT's pass@k lead over LoRA shrinks as k grows"
+def pass_at_k_curves(per_subject: PerSubject) -> dict[str, pd.DataFrame]:
+    """`pass_at_k_curve` of every model, by legend label."""
+    return {label: pass_at_k_curve(records) for label, (_, records) in per_subject.items()}
 
 
+def pass_at_k_table(curves: dict[str, pd.DataFrame], n_samples: int) -> pd.DataFrame:
+    """pass@k of every model (columns) at k = 1, 2, 4, … 32 and n_samples (rows), where drawn."""
+    passk = pd.DataFrame({label: c.set_index("k")["pass@k"] for label, c in curves.items()})
+    return passk.loc[[k for k in sorted({*PASSK_SHOWN, n_samples}) if k in passk.index]]
+
+
+# ----------------------------------------------------------------------------- the verdict
 def diversity_verdict(summary: pd.DataFrame, curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The paper's statements on our samples: base > LoRA > full FT in distinct completions per task (Fig 5,
     at the low temperature), and full FT's pass@k lead over LoRA smaller at the largest k than at k = 1 (Fig S9;
     per LoRA rank, the majority decides)."""
-    from lorastudy.weights import claim
-
     by = summary.set_index("model") if len(summary) else summary
     base, full = by[by.method == "base"], by[by.method == "full"]
     lora = by[by.method == "lora"]
@@ -224,53 +242,3 @@ def diversity_verdict(summary: pd.DataFrame, curves: dict[str, pd.DataFrame]) ->
         out.append(claim("LoRA gives more distinct completions than full FT", True, None, "needs full FT and LoRA"))
         out.append(claim(PASSK_CLAIM, True, None, "needs full FT and LoRA"))
     return pd.DataFrame(out)
-
-
-# ----------------------------------------------------------------------------- figures
-def _colour(method: str, rank: float | None) -> Any:
-    from lorastudy.weights import method_colour
-
-    return method_colour(method, rank)
-
-
-def plot_unique(summary: pd.DataFrame, *, n_samples: int | None = None, temperature: float | None = None) -> Figure:
-    """Fig 5: distinct completions per task among passing and among failing samples, one bar per model; the
-    pale bar behind is the number of such samples (the most distinct completions there could be)."""
-    plots.style()
-    fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.3), layout="constrained", sharey=True)
-    x = np.arange(len(summary))
-    for ax, kind in zip(axes, ["passing", "failing"]):
-        colours = [_colour(m, r) for m, r in zip(summary.method, summary.lora_rank)]
-        ax.bar(x, summary[f"{kind}_per_task"], color=colours, alpha=0.25, width=0.7)
-        ax.bar(x, summary[f"unique_{kind}"], color=colours, width=0.45)
-        ax.set_xticks(x, summary.model, rotation=30, ha="right")
-        ax.set_title(f"{kind} samples")
-    axes[0].set_ylabel("per task (mean over tasks)")
-    from matplotlib.patches import Patch
-
-    fig.legend([Patch(color="0.45", alpha=0.25), Patch(color="0.45")], ["samples in the group", "distinct completions"],
-               loc="outside right upper", fontsize="small")
-    if n_samples is not None and temperature is not None:
-        fig.suptitle(f"{n_samples} samples per task at temperature {temperature:g}")
-    return fig
-
-
-def plot_pass_at_k(curves: dict[str, pd.DataFrame], subjects: dict[str, Subject], *,
-                   temperature: float | None = None) -> Figure:
-    """Fig S9: pass@k against k (log axis) per model, full FT red, LoRA by rank, the base grey and dashed."""
-    plots.style()
-    fig, ax = plt.subplots(figsize=(6.2, 3.6), layout="constrained")
-    for name, curve in curves.items():
-        s = subjects[name]
-        ax.plot(curve.k, curve["pass@k"], marker="o", ms=3, label=name, color=_colour(s.method, s.lora_rank),
-                ls="--" if s.method == "base" else "-")
-    ax.set_xscale("log", base=2)
-    k_max = max((int(c.k.max()) for c in curves.values() if len(c)), default=1)
-    ax.xaxis.set_major_locator(FixedLocator([2 ** i for i in range(k_max.bit_length()) if 2 ** i <= k_max]))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _p: f"{x:g}"))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set(xlabel="k (samples drawn)", ylabel="pass@k (unbiased)", ylim=(-0.02, 1.02))
-    if temperature is not None:
-        ax.set_title(f"temperature {temperature:g}")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0))
-    return fig

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 
-from lorastudy import plots
-from lorastudy.plots import PANELS, metric_vs_duration, paper_tables, savefig, tradeoff
+from lorastudy.figures import style
+from lorastudy.figures.learning_forgetting import metric_vs_duration, tradeoff
+from lorastudy.figures.style import PANELS, savefig
+from lorastudy.paper import paper_tables
 from lorastudy.results import COLUMNS, wide
 
 DURATIONS = {"cpt": ("tokens", [1e5, 2e5, 4e5]), "ift": ("epochs", [1.0, 2.0, 4.0])}
@@ -80,7 +82,7 @@ def test_metric_vs_duration_draws_four_panels_with_one_line_per_method_and_the_b
 def test_ranks_get_an_ordered_palette_and_full_its_own_colour():
     fig = metric_vs_duration(synthetic_results(), "forgetting_avg")
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-    assert lines["full"].get_color() == plots.FULL_COLOUR
+    assert lines["full"].get_color() == style.FULL_COLOUR
     small, large = (np.mean(plt.matplotlib.colors.to_rgb(lines[k].get_color())) for k in ("LoRA r=4", "LoRA r=16"))
     assert large < small  # a larger rank is darker
     with_paper = metric_vs_duration(synthetic_results(), "forgetting_avg", paper=paper_tables())
