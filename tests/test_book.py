@@ -35,7 +35,7 @@ def executed_notebook(title: str | None) -> nbformat.NotebookNode:
     """What papermill leaves behind: a parameters cell, its injected override, and a figure output."""
     params = new_code_cell("profile = 'tiny'  # profile name", metadata={"tags": ["parameters"]})
     injected = new_code_cell(f"# Parameters\n{INJECTED}\n", metadata={"tags": ["injected-parameters"]})
-    figure = new_code_cell("plots.metric_vs_duration(df, 'learning');", execution_count=3, outputs=[
+    figure = new_code_cell("fig = metric_vs_duration(df, 'learning')", execution_count=3, outputs=[
         new_output("display_data", data={"image/png": png_bytes(), "text/plain": "<Figure size 200x150>"})])
     cells = [params, injected, figure, new_markdown_cell("The figure shows a line.")]
     if title:
