@@ -63,10 +63,12 @@ def runs_text(sel: pd.DataFrame) -> str:
 def decay_table(sel: pd.DataFrame) -> pd.DataFrame:
     """Weight decay in our optimizer's units, per run with weight decay (not the high-rank LoRA line): the
     decay per step at the peak learning rate (AdamW multiplies `weight_decay` by the rate), the step count
-    and the most the decay alone can shrink a weight over those steps, 1 − (1 − lr·wd)^steps. The step
-    count is that of the first row kept per run (the selection's first checkpoint), then the largest per
-    line. Empty without such runs."""
-    reg_runs = sel[sel.role != "LoRA high rank"].drop_duplicates("run_id") if len(sel) else sel
+    and the most the decay alone can shrink a weight over those steps, 1 − (1 − lr·wd)^steps, at each
+    run's longest duration (its last checkpoint). Empty without such runs."""
+    reg_runs = sel[sel.role != "LoRA high rank"] if len(sel) else sel
+    if len(reg_runs):  # each run's last checkpoint, runs in the selection's order
+        last_rows = reg_runs.loc[reg_runs.groupby("run_id", sort=False).step.idxmax()]
+        reg_runs = last_rows.set_index("run_id").loc[reg_runs.run_id.unique()].reset_index()
     decay = reg_runs[reg_runs.weight_decay > 0] if len(reg_runs) else reg_runs
     if not len(decay):
         return pd.DataFrame(columns=["label", "learning_rate", "weight_decay", "step", "per_step_decay_at_peak",

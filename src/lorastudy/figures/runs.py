@@ -23,9 +23,11 @@ def loss_curve(curve: list[dict[str, Any]], *, title: str = "") -> Figure:
     return fig
 
 
-def run_trajectory(rows: pd.DataFrame, *, domain: str, title: str = "") -> Figure:
-    """One run's learning and forgetting at each of its checkpoints (the evaluation notebook's figure)."""
+def run_trajectory(rows: pd.DataFrame | list[dict[str, Any]], *, domain: str, title: str = "") -> Figure:
+    """One run's learning and forgetting at each of its checkpoints (the evaluation notebook's figure);
+    `rows` are the run's tidy result rows, as a DataFrame or as evaluate_run returns them."""
     ensure_style()
+    rows = pd.DataFrame(rows)
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for ax, metric, label in zip(axes, [f"learning_{domain}", "forgetting_avg"],
                                  ["learning (target domain)", DEFAULT_LABELS["forgetting_avg"]]):
