@@ -34,7 +34,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from lorastudy.sweep import plan_table, run_sweep
+    from lorastudy.sweep import RunFailed, plan_table, run_sweep
 
     profile = _profile(args)
     out = _out(args, profile)
@@ -47,8 +47,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         print(estimate_text(profile))
         return 0
-    report = run_sweep(profile, args.profile, out_root=out, continue_on_error=args.continue_on_error,
-                       analyses=not args.no_analyses, only=args.only)
+    try:
+        report = run_sweep(profile, args.profile, out_root=out, continue_on_error=args.continue_on_error,
+                           analyses=not args.no_analyses, only=args.only, workers=args.workers,
+                           threads=args.threads, executor=args.executor)
+    except RunFailed as err:
+        print(f"[sweep] stopped before the analyses: {err}", file=sys.stderr)
+        return 1
     print(f"[sweep] done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}")
     for run_id, err in report.failed.items():
         print(f"  FAILED {run_id}: {err}", file=sys.stderr)
@@ -167,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--continue-on-error", action="store_true", help="record a failed run and go on")
     sp.add_argument("--no-analyses", action="store_true", help="skip the analysis notebooks")
     sp.add_argument("--only", nargs="+", help="run only these run ids")
+    sp.add_argument("--workers", default="auto",
+                    help="runs at once: a number, or auto (from cores, memory and the profile's threads per run)")
+    sp.add_argument("--threads", type=int, help="CPU threads per run (default: the profile's execution.threads_per_run)")
+    sp.add_argument("--executor", choices=["local", "slurm"], default="local",
+                    help="local worker processes, or one cluster job per run through submitit")
     add("base", cmd_base, "build (mini) or locate (pretrained) the base model")
     add("check", cmd_check, "check GPUs, memory, disk, hub and dataset access before spending compute")
     sp = add("train", cmd_train, "fine-tune one planned run")

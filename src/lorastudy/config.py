@@ -214,6 +214,26 @@ class ReleasedCheckpoint(_Strict):
     unit: Literal["tokens", "epochs"]
 
 
+class Slurm(_Strict):
+    """Resources of each run's cluster job (`lorastudy sweep --executor slurm`, through submitit)."""
+
+    cluster: Literal["slurm", "local", "debug"] | None = None  # None: Slurm when present; local: jobs run here
+    partition: str | None = None
+    timeout_min: PositiveInt = 240
+    cpus_per_task: PositiveInt | None = None  # None: the run's threads
+    gpus_per_task: int | None = Field(None, ge=0)  # None: training.num_processes on a pretrained base, else 0
+    mem_gb: PositiveFloat | None = None
+    array_parallelism: PositiveInt = 64
+
+
+class Execution(_Strict):
+    """How a sweep runs its runs: threads per run (fixed, so that a run's numbers do not depend on how many
+    run beside it) and the cluster executor's resources."""
+
+    threads_per_run: PositiveInt | None = None  # None: the machine's cores shared among the workers
+    slurm: Slurm = Slurm()
+
+
 class Profile(_Strict):
     """A whole experiment: base model, data, training defaults, evaluation sets and the sweep grid."""
 
@@ -228,6 +248,7 @@ class Profile(_Strict):
     released: list[ReleasedCheckpoint] = Field(default_factory=list)
     analyses: list[str] = Field(default_factory=list)
     analysis_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    execution: Execution = Execution()
     output_dir: str = "outputs/{name}"
 
     def out_dir(self, override: str | os.PathLike | None = None) -> Path:

@@ -10,9 +10,12 @@
         failed.json                   a recorded failure
         checkpoints/LABEL/            saved weights + checkpoint.json (tokens, time, memory)
         eval/LABEL.json, eval/LABEL/  one checkpoint's result rows, and its predictions
+        .lock, attempts.jsonl         the run's lock, and one line per training attempt
+        sweep.json, sweep.log         what the sweep measured of the run, and its output
       released/ID/eval.json           a released checkpoint's result rows
       analyses/NAME.ipynb, NAME/      an executed chapter and its cache
       results.csv                     the tidy results table
+      jobs/                           submitit's job folders of a cluster sweep
       book_src/                       the assembled book source
     CACHE/                            built worlds and mini bases (env LORASTUDY_CACHE)
 """
@@ -71,6 +74,26 @@ class RunPaths:
         return self.dir / "failed.json"
 
     @property
+    def lock_file(self) -> Path:
+        """Held (an OS file lock) by the one process that trains and evaluates this run."""
+        return self.dir / ".lock"
+
+    @property
+    def attempts(self) -> Path:
+        """One line per training attempt: host, pid, time."""
+        return self.dir / "attempts.jsonl"
+
+    @property
+    def sweep_record(self) -> Path:
+        """What the sweep measured of this run: each notebook's wall time, threads, worker."""
+        return self.dir / "sweep.json"
+
+    @property
+    def sweep_log(self) -> Path:
+        """The run's notebooks' and libraries' output while the sweep ran it."""
+        return self.dir / "sweep.log"
+
+    @property
     def launch_profile(self) -> Path:
         return self.dir / "profile.yaml"
 
@@ -124,6 +147,15 @@ class Layout:
     @property
     def base_notebook(self) -> Path:
         return self.base_dir / BASE_NOTEBOOK
+
+    @property
+    def base_lock(self) -> Path:
+        return self.base_dir / ".lock"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """submitit's job folders (scripts, logs, pickled results) of a cluster sweep."""
+        return self.root / "jobs"
 
     @property
     def base_eval(self) -> Path:

@@ -1,0 +1,192 @@
+"""Where a sweep's runs execute: local worker processes (the default) or cluster jobs through submitit.
+
+Both hand every run to `lorastudy.runner`, so resume and lock semantics are the same everywhere: a done run is
+skipped, a run another process holds is waited for, a failed run is recorded and the others go on.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lorastudy.config import Profile
+from lorastudy.layout import PROJECT_ROOT, Layout
+from lorastudy.runner import BUSY, DONE, EXIT_CODES, FAILED, SKIPPED, failure, run_lock, run_locked, thread_env
+
+GIB = 2**30
+RUN_MEMORY_BYTES = {"mini": int(1.5 * GIB)}  # peak of a mini run's kernel (two notebooks in turn), measured ~0.8 GiB
+
+
+@dataclass
+class Outcome:
+    """What became of one run: DONE, SKIPPED (done before, or by another sweep), or FAILED with its error."""
+
+    run_id: str
+    status: str
+    error: str = ""
+
+
+@dataclass
+class Plan:
+    """How many runs at once, with how many CPU threads each."""
+
+    workers: int
+    threads: int | None
+    reason: str = field(default="")
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def available_memory() -> int:
+    import psutil  # imported where needed: only the automatic worker count reads memory
+
+    return int(psutil.virtual_memory().available)
+
+
+def plan_workers(profile: Profile, n_runs: int, workers: int | str = "auto", threads: int | None = None) -> Plan:
+    """Workers and threads per run. `auto`: as many workers as cores allow at the profile's threads per run
+    (mini profiles: 1, so that a run's numbers do not depend on the worker count), bounded by memory and by
+    the number of runs; one worker on a GPU machine (a run takes the whole device)."""
+    threads = threads or profile.execution.threads_per_run
+    if workers != "auto":
+        n = int(workers)
+        if n < 1:
+            raise ValueError(f"--workers must be at least 1 or 'auto', not {workers!r}")
+        return Plan(n, threads or max(1, cpu_count() // n), "as asked")
+    import torch  # imported where needed: deciding on GPUs is the only use here
+
+    if torch.cuda.is_available():
+        return Plan(1, threads, "GPU: one run at a time")
+    per_run = threads or cpu_count()
+    by_cores = max(1, cpu_count() // per_run)
+    need = RUN_MEMORY_BYTES.get(profile.base.kind == "mini" and "mini" or "", 4 * GIB)
+    by_memory = max(1, available_memory() // need)
+    n = max(1, min(by_cores, by_memory, n_runs))
+    return Plan(n, per_run, f"{cpu_count()} cores / {per_run} thread(s) per run, memory for {by_memory}")
+
+
+def _wait_for(out_root: Path, run_id: str) -> Outcome:
+    """A run another process held: wait until its lock is free, then say what it left."""
+    paths = Layout(out_root).run(run_id)
+    with run_lock(paths):
+        pass
+    if paths.done():
+        return Outcome(run_id, SKIPPED)
+    return Outcome(run_id, BUSY)
+
+
+class LocalExecutor:
+    """`workers` processes at once on this machine, each `python -m lorastudy.runner` with `threads` threads;
+    a run's output goes to RUN/sweep.log, the progress bar shows what every worker is doing."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def _one(self, profile_ref: str, out_root: Path, run_id: str) -> Outcome:
+        paths = Layout(out_root).run(run_id)
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "lorastudy.runner", profile_ref, str(out_root), run_id]
+        if self.plan.threads:
+            cmd += ["--threads", str(self.plan.threads)]
+        env = {**os.environ, **thread_env(self.plan.threads), "PYTHONUNBUFFERED": "1"}
+        with open(paths.sweep_log, "a", encoding="utf-8") as log:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT).returncode
+        if code == EXIT_CODES[BUSY]:
+            return Outcome(run_id, BUSY)
+        if paths.done() and code == 0:
+            return Outcome(run_id, DONE)
+        return Outcome(run_id, FAILED, failure(paths) if code in (0, 1) else f"worker ended with code {code}")
+
+    def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str],
+            on_done: Callable[[Outcome], None]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        running: dict[Future, str] = {}
+        queue = list(run_ids)
+        with ThreadPoolExecutor(max_workers=self.plan.workers) as pool, \
+                tqdm(total=len(queue), desc="runs", unit="run") as bar:
+            while queue or running:
+                while queue and len(running) < self.plan.workers:
+                    run_id = queue.pop(0)
+                    running[pool.submit(self._one, profile_ref, out_root, run_id)] = run_id
+                bar.set_postfix_str(" | ".join(running.values()), refresh=True)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    run_id = running.pop(fut)
+                    outcome = fut.result()
+                    if outcome.status == BUSY:  # held by another sweep: wait for it, redo it if it died
+                        outcome = _wait_for(out_root, run_id)
+                        if outcome.status == BUSY:
+                            queue.append(run_id)
+                            continue
+                    outcomes.append(outcome)
+                    on_done(outcome)
+                    bar.update()
+        return outcomes
+
+
+def _job(profile_ref: str, out_root: str, run_id: str, threads: int | None) -> str:
+    """One cluster job: the run under its lock, in the job's own process."""
+    status = run_locked(profile_ref, out_root, run_id, threads=threads)
+    if status == BUSY:
+        status = _wait_for(Path(out_root), run_id).status
+    return status
+
+
+class SubmititExecutor:
+    """Every run as one task of a submitit job array (Slurm, or `cluster: local` for submitit's local
+    executor); resources per task from the profile's `execution.slurm`."""
+
+    def __init__(self, profile: Profile, plan: Plan, folder: Path) -> None:
+        import submitit  # optional at import time: only cluster sweeps need it
+
+        cfg = profile.execution.slurm
+        self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cfg.cluster)
+        params = dict(timeout_min=cfg.timeout_min, cpus_per_task=plan.threads or cfg.cpus_per_task,
+                      mem_gb=cfg.mem_gb, slurm_array_parallelism=cfg.array_parallelism)
+        gpus = cfg.gpus_per_task
+        if gpus is None:
+            gpus = profile.training.num_processes if profile.base.kind == "pretrained" else 0
+        if gpus:
+            params["gpus_per_node"] = gpus
+        if cfg.partition:
+            params["slurm_partition"] = cfg.partition
+        self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        self.plan = plan
+
+    def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str],
+            on_done: Callable[[Outcome], None]) -> list[Outcome]:
+        n = len(run_ids)
+        jobs = self.executor.map_array(_job, [profile_ref] * n, [str(out_root)] * n, list(run_ids),
+                                       [self.plan.threads] * n)
+        outcomes = []
+        pending = dict(zip(run_ids, jobs))
+        with tqdm(total=n, desc="runs (jobs)", unit="run") as bar:
+            while pending:
+                for run_id, job in list(pending.items()):
+                    if not job.done():
+                        continue
+                    del pending[run_id]
+                    try:
+                        status = job.result()
+                    except Exception as err:  # noqa: BLE001 - a job that died is one failed run
+                        status, error = FAILED, f"job {job.job_id}: {type(err).__name__}: {err}"
+                    else:
+                        error = failure(Layout(out_root).run(run_id)) if status == FAILED else ""
+                    outcome = Outcome(run_id, status, error)
+                    outcomes.append(outcome)
+                    on_done(outcome)
+                    bar.update()
+                time.sleep(1)
+        return outcomes
