@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from lorastudy.cli import main
-from lorastudy.config import ConfigError, available_profiles, load_profile, plan_runs, resolve_run
+from lorastudy.config import ConfigError, available_profiles, load_profile
+from lorastudy.plan import plan_runs, resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,9 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from lorastudy.config import Training, find_run, load_profile
+from lorastudy.config import Training, load_profile
+
+from lorastudy.plan import find_run
 from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run, inside_launcher, launch_command, run_profile
 from lorastudy.tokenizer import build_tokenizer
 from lorastudy.finetune import train_run

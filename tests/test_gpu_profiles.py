@@ -16,7 +16,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorastudy import cli, config, training
-from lorastudy.config import load_profile, plan_runs
+from lorastudy.config import load_profile
+from lorastudy.plan import plan_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHED = hasattr(config, "ReleasedCheckpoint") and hasattr(config.Training, "for_task")

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lorastudy.config import load_profile, plan_runs
+from lorastudy.config import load_profile
+
+from lorastudy.plan import plan_runs
 from lorastudy.results import collect
 
 ROOT = Path(__file__).resolve().parents[1]

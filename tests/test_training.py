@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lorastudy.config import RunSpec, load_profile
+from lorastudy.config import load_profile
+
+from lorastudy.plan import RunSpec
 from lorastudy.config import TARGET_MODULES
 from lorastudy.modeling import apply_lora, count_parameters, weight_deltas
 from lorastudy.tokenizer import build_tokenizer

@@ -24,7 +24,9 @@ import pandas as pd
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 
-from lorastudy.config import Profile, RunSpec, load_profile
+from lorastudy.config import Profile, load_profile
+
+from lorastudy.plan import RunSpec
 from lorastudy.data.examples import PadCollator
 from lorastudy.io import config_hash, write_json
 from lorastudy.modeling import apply_lora, device

@@ -9,7 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from lorastudy.config import Profile, RunSpec, load_profile, resolve_run
+from lorastudy.config import Profile, load_profile
+
+from lorastudy.plan import RunSpec, resolve_run
 from lorastudy.figures.style import style
 from lorastudy.layout import Layout, RunPaths
 from lorastudy.paper import paper_tables

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import psutil
 
-from lorastudy.config import TARGET_MODULES, ConfigError, DatasetSpec, Profile, load_profile, plan_runs
+from lorastudy.config import TARGET_MODULES, ConfigError, DatasetSpec, Profile, load_profile
+
+from lorastudy.plan import plan_runs
 from lorastudy.data.adapters import _looks_like_path
 from lorastudy.estimate import ModelSize, data_tokens, model_size
 from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run

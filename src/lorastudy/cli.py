@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lorastudy.config import ConfigError, Profile, available_profiles, find_run, load_profile
+from lorastudy.config import ConfigError, Profile, available_profiles, load_profile
+
+from lorastudy.plan import find_run
 
 
 def _profile(args: argparse.Namespace) -> Profile:

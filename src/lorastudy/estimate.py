@@ -14,7 +14,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorastudy.config import DatasetSpec, GenerationEval, Profile, RunSpec, plan_runs
+from lorastudy.config import DatasetSpec, GenerationEval, Profile
+
+from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.memory_model import ModelShapes, llama_shapes
 from lorastudy.paper import PAPER_LORA_THROUGHPUT_RATIO, PAPER_NODE_GPUS, PAPER_NODE_TOKENS_PER_S
 

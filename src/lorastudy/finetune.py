@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 from transformers import set_seed
 
-from lorastudy.config import Profile, RunSpec
+from lorastudy.config import Profile
+
+from lorastudy.plan import RunSpec
 from lorastudy.data.examples import pack_cpt, to_pair, to_text, tokenize_ift
 from lorastudy.data.records import Record
 from lorastudy.data.sources import load_spec

@@ -19,7 +19,9 @@ from unittest import mock
 
 import yaml
 
-from lorastudy.config import Arm, Profile, RunSpec, plan_runs
+from lorastudy.config import Arm, Profile
+
+from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.io import read_json
 from lorastudy.layout import PROJECT_ROOT, Layout
 

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from lorastudy.base import base_source
-from lorastudy.config import TARGET_MODULES, Profile, RunSpec
+from lorastudy.config import TARGET_MODULES, Profile
+from lorastudy.plan import RunSpec
 
 
 def device() -> torch.device:

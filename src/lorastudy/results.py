@@ -6,7 +6,9 @@ from typing import Any
 
 import pandas as pd
 
-from lorastudy.config import Profile, plan_runs
+from lorastudy.config import Profile
+
+from lorastudy.plan import plan_runs
 from lorastudy.io import atomic_path, read_json
 from lorastudy.layout import Layout
 

@@ -21,7 +21,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from lorastudy.config import find_run, load_profile
+from lorastudy.config import load_profile
+
+from lorastudy.plan import find_run
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout, RunPaths
 from lorastudy.notebooks import clean_stale, describe_error, execute, notebook_parameters

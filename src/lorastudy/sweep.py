@@ -13,7 +13,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from lorastudy.config import Profile, RunSpec, plan_runs
+from lorastudy.config import Profile
+
+from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, plan_workers
 from lorastudy.layout import BASE_NOTEBOOK, Layout
 from lorastudy.notebooks import execute, notebook_parameters

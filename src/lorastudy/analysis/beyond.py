@@ -19,7 +19,8 @@ from lorastudy.analysis import linalg
 from lorastudy.analysis.checkpoints import (CKPT_FIELDS, RUN_FIELDS, load_base_on_device, load_checkpoint,
                                             missing_runs_note, per_checkpoint, weight_measure)
 from lorastudy.analysis.claims import claim
-from lorastudy.config import Profile, RunSpec
+from lorastudy.config import Profile
+from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
 from lorastudy.data.examples import pad, prompt_ids
 from lorastudy.data.sources import load_spec

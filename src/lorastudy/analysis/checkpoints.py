@@ -16,7 +16,8 @@ import torch
 from pydantic import ValidationError
 
 from lorastudy.analysis.claims import not_run
-from lorastudy.config import Profile, RunSpec, plan_runs
+from lorastudy.config import Profile
+from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.data.world.settings import WorldConfig
 from lorastudy.io import config_hash, read_json, write_json
 from lorastudy.layout import Layout

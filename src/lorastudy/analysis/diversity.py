@@ -22,7 +22,8 @@ import pandas as pd
 from lorastudy.analysis.checkpoints import (finished_runs, fingerprint, load_base_on_device, load_checkpoint,
                                             missing_runs_note, run_checkpoints)
 from lorastudy.analysis.claims import claim
-from lorastudy.config import Profile, RunSpec
+from lorastudy.config import Profile
+from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
 from lorastudy.data.sources import load_spec
 from lorastudy.evaluation.code import evaluate_samples

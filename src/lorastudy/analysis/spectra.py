@@ -20,7 +20,8 @@ from lorastudy.analysis.checkpoints import (CKPT_FIELDS, RUN_FIELDS, base_identi
                                             run_checkpoints, weight_measure)
 from lorastudy.analysis.claims import claim
 from lorastudy.base import base_source
-from lorastudy.config import Profile, RunSpec, plan_runs
+from lorastudy.config import Profile
+from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.modeling import base_matrices, one_thread, small_model_threads, weight_deltas
 
 __all__ = ["delta_ranks", "rank_table", "chapter_ranks", "reference_ranks", "reference_by_type", "matrix_spectra",

@@ -11,7 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from lorastudy.config import GenerationEval, Profile, RunSpec
+from lorastudy.config import GenerationEval, Profile
+
+from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
 from lorastudy.data.examples import to_text
 from lorastudy.data.records import InstructionPair, MathProblem

@@ -1,0 +1,100 @@
+"""The sweep plan: every run of a profile's grid, fully resolved, with a stable id (a slug of what differs)."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from lorastudy.config import Arm, ConfigError, Profile, format_errors
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fine-tuning run, fully resolved; its id is a stable slug of the values that differ by run."""
+
+    domain: str
+    regime: str
+    method: str
+    learning_rate: float
+    seed: int
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    target_modules: str | None = None
+    weight_decay: float = 0.0
+    attention_dropout: float = 0.0
+    use_rslora: bool = False
+    arm: str = field(default="", compare=False)
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.domain, self.regime, self.method]
+        if self.method == "lora":
+            parts += [f"r{self.lora_rank}", f"a{self.lora_alpha:g}", str(self.target_modules)]
+            if self.use_rslora:
+                parts.append("rslora")
+        parts.append(f"lr{self.learning_rate:g}")
+        if self.weight_decay:
+            parts.append(f"wd{self.weight_decay:g}")
+        if self.attention_dropout:
+            parts.append(f"do{self.attention_dropout:g}")
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, **asdict(self)}
+
+
+def plan_runs(profile: Profile) -> list[RunSpec]:
+    """Every run of the sweep grid, deduplicated by run id, in declaration order."""
+    runs: dict[str, RunSpec] = {}
+    t = profile.training
+    for arm in profile.sweep:
+        grid = itertools.product(
+            arm.domain, arm.regime, arm.method, arm.learning_rate, arm.seed or profile.seeds,
+            arm.weight_decay or [t.weight_decay], arm.attention_dropout or [t.attention_dropout],
+        )
+        for domain, regime, method, lr, seed, wd, do in grid:
+            common = dict(domain=domain, regime=regime, method=method, learning_rate=lr, seed=seed,
+                          weight_decay=wd, attention_dropout=do, arm=arm.name)
+            if method == "full":
+                specs = [RunSpec(**common)]
+            else:
+                specs = [
+                    RunSpec(**common, lora_rank=r, lora_alpha=alpha, target_modules=tm, use_rslora=rs)
+                    for r in arm.lora_rank
+                    for alpha in (arm.lora_alpha or [t.lora.alpha_ratio * r])
+                    for tm in arm.target_modules
+                    for rs in (arm.use_rslora or [t.lora.use_rslora])
+                ]
+            for spec in specs:
+                runs.setdefault(spec.run_id, spec)
+    return list(runs.values())
+
+
+def find_run(profile: Profile, run_id: str) -> RunSpec:
+    """The planned run with this id, or a clear error listing a few that exist."""
+    runs = {r.run_id: r for r in plan_runs(profile)}
+    if run_id not in runs:
+        raise ConfigError(f"run {run_id!r} is not in profile {profile.name!r}; e.g. {list(runs)[:5]}")
+    return runs[run_id]
+
+
+def resolve_run(profile: Profile, run_id: str | None = None, **explicit: Any) -> RunSpec:
+    """A run from its id, or from explicit settings (domain, regime, method, lora_rank, learning_rate, ...)
+    validated like a one-run sweep arm; unset settings take the profile's first matching arm's values."""
+    explicit = {k: v for k, v in explicit.items() if v is not None and v != ""}
+    if run_id and explicit:
+        raise ConfigError(f"give a run_id or explicit settings, not both (got run_id={run_id!r} and {sorted(explicit)})")
+    if run_id:
+        return find_run(profile, run_id)
+    method = explicit.get("method", "lora")
+    template = next((a for a in profile.sweep if method in a.method), profile.sweep[0])
+    raw = {"method": method, "learning_rate": template.learning_rate[0], "domain": "code", "regime": "ift", **explicit}
+    try:
+        arm = Arm.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, "explicit run settings")) from None
+    single = profile.model_copy(update={"sweep": [arm]})
+    return plan_runs(single)[0]
