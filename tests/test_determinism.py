@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from lorastudy.layout import Layout
-from lorastudy.runner import thread_env
+from lorastudy.notebooks import thread_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "code-ift-lora-r8-a16-all-lr0.003-s0"  # LoRA with dropout: seeded data order, adapter init and masks

@@ -20,7 +20,8 @@ from lorastudy.config import load_profile
 from lorastudy.executors import plan_workers
 from lorastudy.layout import Layout
 from lorastudy.results import collect
-from lorastudy.runner import BUSY, run_locked, thread_env
+from lorastudy.notebooks import thread_env
+from lorastudy.runner import BUSY, run_locked
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "lorastudy.cli"]

@@ -156,6 +156,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    from lorastudy.sweep_report import print_report
+
+    profile = _profile(args)
+    print_report(profile, _out(args, profile), peak=not args.no_peak)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorastudy", description="LoRA vs full fine-tuning: a reproducible study.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -183,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("check", cmd_check, "check GPUs, memory, disk, hub and dataset access before spending compute")
     sp = add("train", cmd_train, "fine-tune one planned run")
     sp.add_argument("run_id")
+    sp = add("bench-sweep", cmd_bench_sweep, "where a finished sweep's time went: runs/hour, phases, share of peak")
+    sp.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
     sp = add("bench", cmd_bench, "measure training tokens/s and peak memory: full FT vs LoRA vs a bare loop")
     sp.add_argument("--batch-sizes", default="16")
     sp.add_argument("--ranks", default="4,16,64")

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from lorastudy.config import Profile
 from lorastudy.layout import PROJECT_ROOT, Layout
-from lorastudy.runner import BUSY, DONE, EXIT_CODES, FAILED, SKIPPED, failure, run_lock, run_locked, thread_env
+from lorastudy.notebooks import thread_env
+from lorastudy.runner import BUSY, DONE, EXIT_CODES, FAILED, SKIPPED, failure, run_lock, run_locked
 
 GIB = 2**30
 RUN_MEMORY_BYTES = {"mini": int(1.5 * GIB)}  # peak of a mini run's kernel (two notebooks in turn), measured ~0.8 GiB

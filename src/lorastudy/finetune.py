@@ -45,13 +45,16 @@ def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool 
     """Fine-tune one run and write `train.json` last (its presence means the run is trained)."""
     paths = RunPaths(run_dir)
     t = profile.training.for_task(spec.domain, spec.regime)
+    phases, mark = {}, time.perf_counter()
     set_seed(spec.seed)
     model, tok = load_base(profile)
     if spec.attention_dropout:
         set_attention_dropout(model, spec.attention_dropout)
     if spec.method == "lora":
         model = apply_lora(model, spec, profile)
+    phases["load_model"], mark = time.perf_counter() - mark, time.perf_counter()
     examples, unit = train_examples(profile, spec, tok)
+    phases["tokenize"] = time.perf_counter() - mark
     if not examples:
         raise ValueError(f"run {spec.run_id}: no training examples from {profile.data[spec.domain][spec.regime].source}")
     durations = t.durations[spec.regime]
@@ -73,6 +76,7 @@ def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool 
         "loss_curve": [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
                        for h in ckpt.log_history if "loss" in h],
         "wall_time_s": time.perf_counter() - start,
+        "phases_s": {**phases, "train": time.perf_counter() - start},  # train includes the checkpoint saves
         "provenance": provenance(profile, seed=spec.seed),
     }
     shutil.rmtree(paths.trainer_dir, ignore_errors=True)

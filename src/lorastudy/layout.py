@@ -15,6 +15,7 @@
       released/ID/eval.json           a released checkpoint's result rows
       analyses/NAME.ipynb, NAME/      an executed chapter and its cache
       results.csv                     the tidy results table
+      sweep.json                      the last sweep's phase times, workers and threads
       jobs/                           submitit's job folders of a cluster sweep
       book_src/                       the assembled book source
     CACHE/                            built worlds and mini bases (env LORASTUDY_CACHE)
@@ -149,6 +150,10 @@ class Layout:
         return self.base_dir / BASE_NOTEBOOK
 
     @property
+    def base_log(self) -> Path:
+        return self.base_dir / "base.log"
+
+    @property
     def base_lock(self) -> Path:
         return self.base_dir / ".lock"
 
@@ -174,8 +179,17 @@ class Layout:
     def analysis_notebook(self, name: str) -> Path:
         return self.analyses_dir / f"{name}.ipynb"
 
+    def analysis_log(self, name: str) -> Path:
+        """The chapter's kernel and library output while the sweep executed it."""
+        return self.analyses_dir / f"{name}.log"
+
     def analysis_cache(self, name: str) -> Path:
         return self.analyses_dir / name
+
+    @property
+    def sweep_record(self) -> Path:
+        """The last sweep's phases (base, runs, analyses) in seconds, its workers and threads."""
+        return self.root / "sweep.json"
 
     @property
     def results_table(self) -> Path:

@@ -1,27 +1,74 @@
 """Executing the project's notebooks with papermill: atomically, with a failed notebook kept for the reader.
 
 Every step of a sweep is an executed notebook written into the output folder, so the executed notebooks are
-the book's appendix."""
+the book's appendix. A run's two notebooks may share one kernel (`kernel()`), its namespace cleared between
+them (`reset`): the second then starts without a kernel start-up or a second import of torch, and without
+any variable of the first."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lorastudy.layout import NOTEBOOKS, PROJECT_ROOT, failed_notebook
 
 
-def execute(notebook: str, out: Path, parameters: dict[str, Any]) -> Path:
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Environment that fixes the CPU thread count of every library (torch's OpenMP pool, MKL), with MKL's
+    dynamic thread adjustment off: under load MKL would otherwise use fewer threads than asked, which
+    changes the order of floating-point sums and so the numbers of a run."""
+    env = {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+@contextmanager
+def kernel() -> Iterator[Any]:
+    """A started python3 kernel in the project root, shut down on leaving."""
+    from jupyter_client.manager import KernelManager  # heavy: jupyter machinery, only when executing
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(PROJECT_ROOT))
+    try:
+        yield km
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+def reset(km: Any) -> None:
+    """Clear the kernel's namespace (`%reset -f`): imported modules stay loaded, no variable survives."""
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        code = "get_ipython().run_line_magic('reset', '-f'); get_ipython().execution_count = 1"
+        reply = kc.execute_interactive(code, silent=True, store_history=False, timeout=60,
+                                       output_hook=lambda msg: None)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"could not reset the kernel: {reply['content']}")
+    finally:
+        kc.stop_channels()
+
+
+def execute(notebook: str, out: Path, parameters: dict[str, Any], km: Any = None) -> Path:
     """papermill into a temporary file, renamed over `out` only when the notebook finished; a failed
-    notebook is kept beside it as NAME.failed.ipynb for the reader."""
+    notebook is kept beside it as NAME.failed.ipynb for the reader. `km`: a running kernel to use (and
+    leave running), else a fresh one."""
     import papermill as pm  # heavy: imports jupyter machinery that `lorastudy sweep --dry-run` never needs
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.ipynb")
     try:
+        extra = {"km": km} if km is not None else {}
         pm.execute_notebook(str(NOTEBOOKS / notebook), str(tmp), parameters=parameters, kernel_name="python3",
-                            progress_bar=False, cwd=str(PROJECT_ROOT))
+                            progress_bar=False, cwd=str(PROJECT_ROOT), **extra)
     except BaseException:
         if tmp.exists():
             os.replace(tmp, failed_notebook(out))
@@ -52,3 +99,38 @@ def describe_error(err: BaseException) -> str:
         return f"{name}: {value} (in the executed notebook)"
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def execute_in_process(notebook: str, out: Path, parameters: dict[str, Any], *, log: Path,
+                       threads: int | None) -> str | None:
+    """`execute` in a process of its own at a fixed thread count, its output in `log`; None, or the error."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "lorastudy.notebooks", notebook, str(out), json.dumps(parameters)]
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
+                              env={**os.environ, **thread_env(threads)})
+    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
+
+
+def is_exclusive(notebook: str) -> bool:
+    """Whether a notebook must run alone (it measures speed or memory): `lorastudy.exclusive` in its metadata."""
+    import nbformat  # light, but only the sweep's analysis step reads notebook metadata
+
+    nb = nbformat.read(NOTEBOOKS / notebook, as_version=4)
+    return bool(nb.metadata.get("lorastudy", {}).get("exclusive", False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lorastudy.notebooks NOTEBOOK OUT.ipynb '{"param": value}'`: one notebook in a process of its
+    own (how the sweep runs analyses side by side); exit code 1 and the error on stderr when it fails."""
+    notebook, out, params = argv if argv is not None else sys.argv[1:]
+    try:
+        execute(notebook, Path(out), json.loads(params))
+    except Exception as err:  # noqa: BLE001 - reported to the parent in one line
+        print(describe_error(err), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,20 +26,10 @@ from lorastudy.config import load_profile
 from lorastudy.plan import find_run
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout, RunPaths
-from lorastudy.notebooks import clean_stale, describe_error, execute, notebook_parameters
+from lorastudy.notebooks import clean_stale, describe_error, execute, kernel, notebook_parameters, reset, thread_env
 
 DONE, FAILED, BUSY, SKIPPED = "done", "failed", "busy", "skipped"
 EXIT_CODES = {DONE: 0, FAILED: 1, SKIPPED: 0, BUSY: 75}  # 75 = EX_TEMPFAIL: another process holds the run
-
-
-def thread_env(threads: int | None) -> dict[str, str]:
-    """Environment that fixes the CPU thread count of every library (torch's OpenMP pool, MKL), with MKL's
-    dynamic thread adjustment off: under load MKL would otherwise use fewer threads than asked, which
-    changes the order of floating-point sums and so the numbers of a run."""
-    env = {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return env
 
 
 def run_lock(paths: RunPaths) -> FileLock:
@@ -73,14 +63,19 @@ def run_locked(profile_ref: str, out_root: str | Path, run_id: str, *, threads: 
         clean_stale(paths.dir)
         log_attempt(paths, threads=threads)
         timings: dict[str, float] = {}
-        for notebook in (FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK):
-            start = time.perf_counter()
-            execute(notebook, paths.notebook(notebook), notebook_parameters(profile_ref, out_root, spec.run_id))
-            timings[notebook] = time.perf_counter() - start
+        started = time.time()
+        with kernel() as km:  # one kernel for both notebooks, its namespace cleared in between
+            for notebook in (FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK):
+                start = time.perf_counter()
+                execute(notebook, paths.notebook(notebook), notebook_parameters(profile_ref, out_root, spec.run_id),
+                        km=km)
+                reset(km)
+                timings[notebook] = time.perf_counter() - start
         if not paths.done():
             raise RuntimeError(f"{EVALUATE_NOTEBOOK} finished without writing {paths.results_record}")
         write_json(paths.sweep_record, {"run_id": run_id, "notebook_seconds": timings, "threads": threads,
-                                        "pid": os.getpid(), "host": socket.gethostname()})
+                                        "started": started, "finished": time.time(), "pid": os.getpid(),
+                                        "host": socket.gethostname()})
         return DONE
     except Exception as err:  # noqa: BLE001 - a failed run is recorded; the sweep decides whether to go on
         write_json(paths.failure_record, {"run_id": run_id, "error": describe_error(err),

@@ -6,21 +6,24 @@ or interrupted ones. Runs go to an executor (lorastudy.executors): local worker 
 """
 from __future__ import annotations
 
-import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from tqdm import tqdm
 
 from lorastudy.config import Profile
 
 from lorastudy.plan import RunSpec, plan_runs
-from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, plan_workers
+from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, cpu_count, plan_workers
+from lorastudy.io import write_json
 from lorastudy.layout import BASE_NOTEBOOK, Layout
-from lorastudy.notebooks import execute, notebook_parameters
+from lorastudy.notebooks import execute_in_process, is_exclusive, notebook_parameters
 from lorastudy.results import collect, write_table
-from lorastudy.runner import DONE, FAILED, thread_env
+from lorastudy.runner import DONE, FAILED
 
 
 @dataclass
@@ -53,9 +56,41 @@ def ensure_base(profile_ref: str, out_root: Path, threads: int | None) -> None:
     layout.base_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(layout.base_lock)):
         if not layout.base_notebook.is_file():
-            print("[base] building / evaluating the base model")
-            os.environ.update(thread_env(threads))  # the base kernel builds at the runs' thread count
-            execute(BASE_NOTEBOOK, layout.base_notebook, notebook_parameters(profile_ref, out_root))
+            print(f"[base] building / evaluating the base model ({threads} threads; log: base/base.log)")
+            error = execute_in_process(BASE_NOTEBOOK, layout.base_notebook, notebook_parameters(profile_ref, out_root),
+                                       log=layout.base_log, threads=threads)
+            if error:
+                raise RuntimeError(f"the base notebook failed: {error} (see {layout.base_log})")
+
+
+def _analysis(profile: Profile, profile_ref: str, out_root: Path, name: str, threads: int | None) -> str | None:
+    """One chapter in its own process (output to analyses/NAME.log); None, or its error in one line."""
+    layout = Layout(out_root)
+    params = {**notebook_parameters(profile_ref, out_root), **profile.analysis_params.get(name, {})}
+    return execute_in_process(f"{name}.ipynb", layout.analysis_notebook(name), params,
+                              log=layout.analysis_log(name), threads=threads)
+
+
+def run_analyses(profile: Profile, profile_ref: str, out_root: Path, plan: Plan) -> None:
+    """Every chapter, `plan.workers` at a time; chapters that measure speed or memory run alone, last."""
+    shared = [n for n in profile.analyses if not is_exclusive(f"{n}.ipynb")]
+    alone = [n for n in profile.analyses if n not in shared]
+    errors: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=plan.workers) as pool, \
+            tqdm(total=len(profile.analyses), desc="analyses", unit="chapter") as bar:
+        futures = {pool.submit(_analysis, profile, profile_ref, out_root, n, plan.threads): n for n in shared}
+        for fut in as_completed(futures):
+            if (err := fut.result()) is not None:
+                errors[futures[fut]] = err
+            bar.update()
+        for name in alone:
+            bar.set_postfix_str(f"{name} (alone: it measures speed)")
+            if (err := _analysis(profile, profile_ref, out_root, name, plan.threads)) is not None:
+                errors[name] = err
+            bar.update()
+    if errors:
+        raise RuntimeError("analysis notebooks failed (see analyses/NAME.log and NAME.failed.ipynb): "
+                           + "; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
 def make_executor(profile: Profile, plan: Plan, executor: str, out_root: Path) -> LocalExecutor | SubmititExecutor:
@@ -79,7 +114,9 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     todo = [s.run_id for s in specs if run_status(out_root, s) != "done"]
     report.skipped = [s.run_id for s in specs if s.run_id not in todo]
     plan = plan_workers(profile, max(1, len(todo)), workers, threads)
-    ensure_base(profile_ref, out_root, plan.threads)
+    clock = {"start": time.perf_counter()}
+    ensure_base(profile_ref, out_root, cpu_count())  # alone on the machine: every core
+    clock["base"] = time.perf_counter()
     if report.skipped:
         print(f"[sweep] {len(report.skipped)} of {len(specs)} runs already done; skipping them")
     if todo:
@@ -97,6 +134,7 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
 
     if todo:
         make_executor(profile, plan, executor, out_root).run(profile_ref, out_root, todo, record)
+    clock["runs"] = time.perf_counter()
     if profile.released:
         from lorastudy.evaluation.released import evaluate_released  # heavy (torch): only released profiles
 
@@ -106,8 +144,11 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     if report.failed and not continue_on_error:
         raise RunFailed(f"{len(report.failed)} run(s) failed: " + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
     if analyses:
-        for name in profile.analyses:
-            print(f"[analysis] {name}")
-            params = {**notebook_parameters(profile_ref, out_root), **profile.analysis_params.get(name, {})}
-            execute(f"{name}.ipynb", layout.analysis_notebook(name), params)
+        run_analyses(profile, profile_ref, out_root, plan)
+    clock["analyses"] = time.perf_counter()
+    write_json(layout.sweep_record, {
+        "seconds": {"base": clock["base"] - clock["start"], "runs": clock["runs"] - clock["base"],
+                    "results_and_analyses": clock["analyses"] - clock["runs"]},
+        "runs_done": len(report.done), "runs_failed": len(report.failed), "workers": plan.workers,
+        "threads_per_run": plan.threads, "executor": executor, "time": time.time()})
     return report

@@ -137,11 +137,13 @@ def evaluate_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bo
         label = meta["checkpoint"]
         path = paths.eval_record(label)
         if not path.is_file():
-            model = load_finetuned(profile, spec.method, paths.checkpoint(label)).to(device())
             start = time.perf_counter()
+            model = load_finetuned(profile, spec.method, paths.checkpoint(label)).to(device())
+            loaded = time.perf_counter()
             metrics = evaluate_model(model, tok, profile, domains=[spec.domain], progress=progress,
                                      out_dir=paths.eval_outputs(label))
-            write_json(path, {"rows": result_rows(spec.run_id, meta, metrics, time.perf_counter() - start)})
+            write_json(path, {"rows": result_rows(spec.run_id, meta, metrics, time.perf_counter() - loaded),
+                              "load_seconds": loaded - start})
             del model
         rows += read_json(path)["rows"]
     return rows
