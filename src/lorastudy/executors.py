@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lorastudy.config import Profile
+from lorastudy.io import write_json
 from lorastudy.layout import PROJECT_ROOT, Layout
 from lorastudy.notebooks import thread_env
 from lorastudy.runner import BUSY, DONE, EXIT_CODES, FAILED, SKIPPED, failure, run_lock, run_locked
@@ -108,7 +109,11 @@ class LocalExecutor:
             return Outcome(run_id, BUSY)
         if paths.done() and code == 0:
             return Outcome(run_id, DONE)
-        return Outcome(run_id, FAILED, failure(paths) if code in (0, 1) else f"worker ended with code {code}")
+        if code in (0, 1):
+            return Outcome(run_id, FAILED, failure(paths))
+        error = f"worker ended with code {code} (killed or crashed; the next sweep redoes the run)"
+        write_json(paths.failure_record, {"run_id": run_id, "error": error, "time": time.time()})
+        return Outcome(run_id, FAILED, error)
 
     def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str],
             on_done: Callable[[Outcome], None]) -> list[Outcome]:
