@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_runs import fake_output, tiny_llama, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +39,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# The analyses that open weights (tests of checkpoints, spectra, beyond) share one constructed world:
+# a tiny tokenizer, a tiny Llama and a fake output tree of finished runs (tests/fake_runs.py).
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def base(tok):
+    return tiny_llama(tok)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory, base, tok):
+    return fake_output(tmp_path_factory.mktemp("fake"), base, tok)

@@ -8,26 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from fake_runs import FULL_ID, LORA_ID, TEXTS, fake_output, tiny_llama, tiny_tokenizer
+from fake_runs import FULL_ID, LORA_ID, TEXTS
 from lorastudy.analysis import beyond
 from lorastudy.analysis.checkpoints import finished_runs, load_base_fp32, load_checkpoint
 from lorastudy.modeling import load_tokenizer
 from lorastudy.results import COLUMNS
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def base(tok):
-    return tiny_llama(tok)
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory, base, tok):
-    return fake_output(tmp_path_factory.mktemp("beyond"), base, tok)
 
 
 def test_identical_models_have_no_intruders_and_zero_kl(base, tok) -> None:

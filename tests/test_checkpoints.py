@@ -9,26 +9,13 @@ import warnings
 import pytest
 import torch
 
-from fake_runs import FULL_ID, LABEL, LORA_ID, fake_output, tiny_llama, tiny_tokenizer, write_run
+from fake_runs import FULL_ID, LABEL, LORA_ID, write_run
 from lorastudy.analysis.checkpoints import (cached, finished_runs, fingerprint, load_checkpoint, missing_runs_note,
                                             run_checkpoints, same_base)
 from lorastudy.config import load_profile
 from lorastudy.layout import Layout
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def base(tok):
-    return tiny_llama(tok)
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory, base, tok):
-    return fake_output(tmp_path_factory.mktemp("checkpoints"), base, tok)
 
 
 def test_runs_on_another_base_are_left_out(fake, base, tmp_path) -> None:

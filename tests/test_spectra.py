@@ -7,24 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from fake_runs import FULL_ID, LABEL, LORA_ID, fake_output, rank2_update, tiny_llama, tiny_tokenizer
+from fake_runs import FULL_ID, LABEL, LORA_ID, rank2_update
 from lorastudy.analysis import spectra
 from lorastudy.layout import Layout
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def base(tok):
-    return tiny_llama(tok)
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory, base, tok):
-    return fake_output(tmp_path_factory.mktemp("spectra"), base, tok)
 
 
 def test_rank2_update_needs_rank_at_most_2(base) -> None:
