@@ -23,7 +23,7 @@ from lorastudy.notebooks import thread_env
 from lorastudy.runner import BUSY, DONE, EXIT_CODES, FAILED, SKIPPED, failure, run_lock, run_locked
 
 GIB = 2**30
-RUN_MEMORY_BYTES = {"mini": int(1.5 * GIB)}  # peak of a mini run's kernel (two notebooks in turn), measured ~0.8 GiB
+RUN_MEMORY_BYTES = {"mini": int(1.5 * GIB), "pretrained": 4 * GIB}  # per run, by base kind; a mini run peaks ~0.8 GiB
 
 
 @dataclass
@@ -73,8 +73,7 @@ def plan_workers(profile: Profile, n_runs: int, workers: int | str = "auto", thr
         return Plan(1, threads, "GPU: one run at a time")
     per_run = threads or cpu_count()
     by_cores = max(1, cpu_count() // per_run)
-    need = RUN_MEMORY_BYTES.get(profile.base.kind == "mini" and "mini" or "", 4 * GIB)
-    by_memory = max(1, available_memory() // need)
+    by_memory = max(1, available_memory() // RUN_MEMORY_BYTES[profile.base.kind])
     n = max(1, min(by_cores, by_memory, n_runs))
     return Plan(n, per_run, f"{cpu_count()} cores / {per_run} thread(s) per run, memory for {by_memory}")
 
@@ -107,6 +106,8 @@ class LocalExecutor:
             code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT).returncode
         if code == EXIT_CODES[BUSY]:
             return Outcome(run_id, BUSY)
+        if code == EXIT_CODES[SKIPPED]:  # another sweep finished it between our plan and our turn
+            return Outcome(run_id, SKIPPED)
         if paths.done() and code == 0:
             return Outcome(run_id, DONE)
         if code in (0, 1):

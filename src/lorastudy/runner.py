@@ -29,7 +29,7 @@ from lorastudy.layout import EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout, RunPa
 from lorastudy.notebooks import clean_stale, describe_error, execute, kernel, notebook_parameters, reset, thread_env
 
 DONE, FAILED, BUSY, SKIPPED = "done", "failed", "busy", "skipped"
-EXIT_CODES = {DONE: 0, FAILED: 1, SKIPPED: 0, BUSY: 75}  # 75 = EX_TEMPFAIL: another process holds the run
+EXIT_CODES = {DONE: 0, FAILED: 1, SKIPPED: 3, BUSY: 75}  # 75 = EX_TEMPFAIL: another process holds the run
 
 
 def run_lock(paths: RunPaths) -> FileLock:
