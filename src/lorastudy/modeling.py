@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 
 from lorastudy.base import base_source
 from lorastudy.config import TARGET_MODULES, Profile
+from lorastudy.dropout import speed_up_lora_dropout
 from lorastudy.plan import RunSpec
 
 
@@ -137,11 +138,15 @@ def lora_config(spec: RunSpec, profile: Profile) -> Any:
 
 
 def apply_lora(model: PreTrainedModel, spec: RunSpec, profile: Profile) -> PreTrainedModel:
-    """Wrap with peft LoRA; embeddings and lm_head stay frozen (peft freezes all non-adapter weights)."""
+    """Wrap with peft LoRA; embeddings and lm_head stay frozen (peft freezes all non-adapter weights).
+    On CPU the adapters' input dropout draws its masks the faster way (lorastudy.dropout), same distribution."""
     from peft import get_peft_model  # optional at import time (see load_finetuned)
 
     torch.manual_seed(spec.seed)  # peft's adapter init draws from the global RNG
-    return get_peft_model(model, lora_config(spec, profile))
+    wrapped = get_peft_model(model, lora_config(spec, profile))
+    if device().type == "cpu":
+        speed_up_lora_dropout(wrapped)
+    return wrapped
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
