@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lorastudy.data.adapters import load_records
 from lorastudy.data.records import MCItem
 from lorastudy.evaluation.choice import heldout_loss, score_choice
+from lorastudy.data import prompts
 from lorastudy.evaluation.generate import generate, truncate_at_stop
 from lorastudy.tokenizer import build_tokenizer
 
@@ -92,6 +93,14 @@ def test_stop_sequences_cut_completions() -> None:
     assert truncate_at_stop("    return x\ndef other():", ["\ndef", "\nclass"]) == "    return x"
     assert truncate_at_stop(" 7.\n#### 7\n\nQuestion: next", ["\n\n", "Question:"]) == " 7.\n#### 7"
     assert truncate_at_stop("no stop here", ["\n\n"]) == "no stop here"
+
+
+def test_code_completions_end_where_the_function_ends() -> None:
+    body = "    ys = [x + 1 for x in xs]\n\n    return ys\n"
+    for after in ["assert f([1]) == [2]\n", "def g(x):\n    return x\n", "# note\n", "print(f([1]))", "if x:\n"]:
+        assert truncate_at_stop(body + after, prompts.CODE_STOP) == body.rstrip("\n")
+        assert truncate_at_stop(body + "\n\n" + after, prompts.CODE_STOP) == body + "\n"
+    assert truncate_at_stop(body, prompts.CODE_STOP) == body  # indented and blank lines stay
 
 
 def test_heldout_loss_matches_model_loss(model, tok) -> None:

@@ -15,6 +15,7 @@
       released/ID/eval.json           a released checkpoint's result rows
       analyses/NAME.ipynb, NAME/      an executed chapter and its cache
       results.csv                     the tidy results table
+      items.parquet                   per-item results behind it (the bootstrap's input)
       sweep.json                      the last sweep's phase times, workers and threads
       jobs/                           submitit's job folders of a cluster sweep
       book_src/                       the assembled book source
@@ -194,6 +195,11 @@ class Layout:
     @property
     def results_table(self) -> Path:
         return self.root / "results.csv"
+
+    @property
+    def items_table(self) -> Path:
+        """Per-item results (run, checkpoint, metric, item, value): what every interval resamples."""
+        return self.root / "items.parquet"
 
     @property
     def book_source(self) -> Path:

@@ -10,7 +10,7 @@ from lorastudy.config import Profile
 
 from lorastudy.plan import plan_runs
 from lorastudy.io import atomic_path, read_json
-from lorastudy.layout import Layout
+from lorastudy.layout import BASE_ID, Layout
 
 RUN_COLUMNS = ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
                "weight_decay", "attention_dropout", "use_rslora", "seed", "arm"]
@@ -33,6 +33,37 @@ def collect(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
         rows += read_json(path)["rows"]
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["run_id", "tokens_seen", "metric"], kind="stable").reset_index(drop=True)
+
+
+ITEM_COLUMNS = ["run_id", "checkpoint", "metric", "item", "value"]
+
+
+def collect_items(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
+    """Per-item results of the base, every finished run's evaluated checkpoints and released checkpoints:
+    one row per (run, checkpoint, metric, item). The mean of a metric's items is its value in `collect`."""
+    layout = Layout(out_root or profile.out_dir())
+    frames = []
+
+    def add(run_id: str, checkpoint: str, record: dict[str, Any]) -> None:
+        if record.get("items"):
+            frames.append(pd.DataFrame(record["items"]).assign(run_id=run_id, checkpoint=checkpoint))
+
+    if layout.base_eval.is_file():
+        add(BASE_ID, "base", read_json(layout.base_eval))
+    for spec in plan_runs(profile):
+        paths = layout.run(spec.run_id)
+        if paths.results_record.is_file():
+            for label in dict.fromkeys(r["checkpoint"] for r in read_json(paths.results_record)["rows"]):
+                add(spec.run_id, label, read_json(paths.eval_record(label)))
+    for path in layout.released_evals():
+        record = read_json(path)
+        if record.get("rows"):
+            add(record["rows"][0]["run_id"], record["rows"][0]["checkpoint"], record)
+    if not frames:
+        return pd.DataFrame(columns=ITEM_COLUMNS)
+    df = pd.concat(frames, ignore_index=True)[ITEM_COLUMNS]
+    df["item"] = df["item"].astype(str)
+    return df.sort_values(["run_id", "checkpoint", "metric", "item"], kind="stable").reset_index(drop=True)
 
 
 def write_table(df: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:

@@ -22,7 +22,7 @@ from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, 
 from lorastudy.io import write_json
 from lorastudy.layout import BASE_NOTEBOOK, Layout
 from lorastudy.notebooks import execute_in_process, is_exclusive, notebook_parameters
-from lorastudy.results import collect, write_table
+from lorastudy.results import collect, collect_items, write_table
 from lorastudy.runner import DONE, FAILED
 
 
@@ -141,6 +141,7 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
         print(f"[released] evaluating {len(profile.released)} released checkpoints")
         evaluate_released(profile, out_root)
     write_table(collect(profile, out_root), layout.results_table)
+    write_table(collect_items(profile, out_root), layout.items_table)
     if report.failed and not continue_on_error:
         raise RunFailed(f"{len(report.failed)} run(s) failed: " + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
     if analyses:

@@ -1,10 +1,13 @@
 """Prompt formats, in one place so that training (IFT) and evaluation use the same text."""
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-MATH_STOP = ["\n\n", "Question:"]
-CODE_STOP = ["\ndef", "\nclass", "\nif", "\nprint", "\n#"]
+MATH_STOP: list[str | re.Pattern[str]] = ["\n\n", "Question:"]
+# A completion ends where the function ends: at the first line back at column 0 (a `def`, `class`, `if`,
+# `print`, `#` or a top-level `assert` of pre-training code) - the rule behind the HumanEval harnesses' stop lists.
+CODE_STOP: list[str | re.Pattern[str]] = [re.compile(r"\n(?=\S)")]
 
 
 def math_prompt(question: str) -> str:

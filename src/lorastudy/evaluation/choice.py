@@ -84,6 +84,23 @@ def score_choice(model: torch.nn.Module, tok: Any, items: Sequence[MCItem], *, s
     }
 
 
+def answer_nll(model: torch.nn.Module, tok: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32,
+               max_len: int | None = None, progress: bool = True) -> list[float]:
+    """Per item, the mean negative log-likelihood per token of the reference answer (plus eos, as trained)
+    after its prompt: a learning measure that no decoding choice can move."""
+    max_len = max_len or int(getattr(model.config, "max_position_embeddings", 2048))
+    reqs = []
+    for i, (prompt, answer) in enumerate(pairs):
+        cont = [*encode(tok, answer), tok.eos_token_id]
+        ids = (prompt_ids(tok, prompt) + cont)[-max_len:]
+        reqs.append((i, 0, ids, min(len(cont), len(ids) - 1)))
+    was_training = model.training
+    model.eval()
+    ll = continuation_logprobs(model, tok, reqs, batch_size, progress)
+    model.train(was_training)
+    return [-ll[(i, 0)] / n_cont for i, _, _, n_cont in reqs]
+
+
 @torch.no_grad()
 def heldout_loss(model: torch.nn.Module, tok: Any, texts: Sequence[str], *, seq_len: int = 128,
                  batch_size: int = 32) -> dict[str, float]:

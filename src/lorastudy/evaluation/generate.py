@@ -4,6 +4,7 @@ The same call serves a base model, a full fine-tuning checkpoint and a peft LoRA
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,27 +15,42 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from lorastudy.data.examples import pad, prompt_ids
 
 
+Stop = str | re.Pattern[str]
+
+
 class StopOnStrings(StoppingCriteria):
-    """Per-sequence stop when the decoded continuation contains a stop string. Written here because
+    """Per-sequence stop when the decoded continuation contains a stop string or pattern. Written here because
     transformers' StopStringCriteria assumes a BPE-style vocabulary and rejects word-level tokenizers."""
 
-    def __init__(self, tok: Any, stop: Sequence[str], prompt_len: int) -> None:
+    def __init__(self, tok: Any, stop: Sequence[Stop], prompt_len: int) -> None:
         self.tok, self.stop, self.prompt_len = tok, list(stop), prompt_len
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         texts = self.tok.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
+        return torch.tensor([stop_index(t, self.stop) is not None for t in texts], device=input_ids.device)
 
 
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    """Cut a completion at the first stop sequence (generation may overshoot within a batch)."""
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
+def stop_index(text: str, stop: Sequence[Stop]) -> int | None:
+    """Where the first stop string or pattern begins in `text`, or None."""
+    hits = []
+    for s in stop:
+        if isinstance(s, re.Pattern):
+            match = s.search(text)
+            hits.append(match.start() if match else -1)
+        else:
+            hits.append(text.find(s))
+    return min((i for i in hits if i >= 0), default=None)
+
+
+def truncate_at_stop(text: str, stop: Sequence[Stop]) -> str:
+    """Cut a completion at the first stop (generation may overshoot within a batch)."""
+    cut = stop_index(text, stop)
+    return text if cut is None else text[:cut]
 
 
 @torch.no_grad()
 def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0, n: int = 1, stop: Sequence[str] = (), batch_size: int = 32, seed: int = 0,
+             top_p: float = 1.0, n: int = 1, stop: Sequence[Stop] = (), batch_size: int = 32, seed: int = 0,
              progress: bool = True, desc: str = "generate") -> list[list[str]]:
     """n completions per prompt (greedy when temperature is 0), each cut at the first stop sequence."""
     if tok.padding_side != "left":

@@ -71,13 +71,14 @@ def evaluate_released(profile: Profile, out_root: Path, *, progress: bool = True
         if not path.is_file():
             model = load_released(profile, ckpt).to(device())
             start = time.perf_counter()
-            metrics = evaluate_model(model, tok, profile, domains=[ckpt.domain], progress=progress,
-                                     out_dir=path.parent)
+            metrics, items = evaluate_model(model, tok, profile, domains=[ckpt.domain], progress=progress,
+                                            out_dir=path.parent)
             run = {"domain": ckpt.domain, "regime": ckpt.regime, "method": ckpt.method, "lora_rank": ckpt.rank,
                    "lora_alpha": ckpt.alpha, "arm": "released", "status": "completed"}
             write_json(path, {"model": ckpt.model, "revision": ckpt.revision,
                               "rows": [{**run, **r} for r in result_rows(cid, _meta(ckpt), metrics,
-                                                                   time.perf_counter() - start)]})
+                                                                   time.perf_counter() - start)],
+                              "items": items})
             del model
         rows += read_json(path)["rows"]
     return rows

@@ -18,9 +18,9 @@ from lorastudy.data import prompts
 from lorastudy.data.examples import to_text
 from lorastudy.data.records import InstructionPair, MathProblem
 from lorastudy.data.sources import load_spec
-from lorastudy.evaluation.choice import heldout_loss, score_choice
+from lorastudy.evaluation.choice import answer_nll, heldout_loss, score_choice
 from lorastudy.evaluation.code import evaluate_samples
-from lorastudy.evaluation.generate import generate
+from lorastudy.evaluation.generate import Stop, generate
 from lorastudy.evaluation.math import score_gsm8k
 from lorastudy.io import read_json, write_json, write_jsonl
 from lorastudy.layout import BASE_ID, Layout, RunPaths
@@ -29,7 +29,7 @@ from lorastudy.modeling import device, load_base, load_finetuned, profile_tokeni
 
 def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
                   out_dir: Path | None = None) -> dict[str, Any]:
-    """GSM8K-style: k-shot prompts, greedy by default, strict and flexible extraction."""
+    """GSM8K-style: k-shot prompts, greedy by default, strict and flexible extraction; per-item results."""
     problems = load_spec(profile, cfg.dataset)
     shots = _math_shots(profile, cfg)
     texts = [prompts.math_fewshot(p.question, shots) for p in problems]
@@ -38,7 +38,17 @@ def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *
     scored = score_gsm8k(preds, problems)
     if out_dir is not None:
         write_jsonl(out_dir / "math_predictions.jsonl", preds)
-    return {"strict_match": scored["strict_match"], "flexible_extract": scored["flexible_extract"], "n": scored["n"]}
+    ids = [item_id(p.id, i) for i, p in enumerate(problems)]
+    items = {"strict_match": [float(r["strict_correct"]) for r in scored["records"]],
+             "flexible_extract": [float(r["flexible_correct"]) for r in scored["records"]]}
+    answers = [(text, prompts.math_response(p.answer)) for text, p in zip(texts, problems)]
+    return {"strict_match": scored["strict_match"], "flexible_extract": scored["flexible_extract"], "n": scored["n"],
+            "ids": ids, "items": items, "answers": answers}
+
+
+def item_id(given: str, index: int) -> str:
+    """An item's stable id: its own, else its position in the (deterministic) evaluation set."""
+    return given or str(index)
 
 
 def _math_shots(profile: Profile, cfg: GenerationEval) -> list[tuple[str, str]]:
@@ -56,7 +66,8 @@ def _math_shots(profile: Profile, cfg: GenerationEval) -> list[tuple[str, str]]:
 
 def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
                   out_dir: Path | None = None) -> dict[str, Any]:
-    """HumanEval-style: n samples per task, each run in the sandbox; pass@k and unique completions."""
+    """HumanEval-style: n samples per task, each run in the sandbox; pass@k, unique completions, per-task
+    pass rates (the per-item pass@1)."""
     tasks = load_spec(profile, cfg.dataset)
     comps = generate_for(model, tok, [t.prompt for t in tasks], cfg, prompts.CODE_STOP, progress, "code")
     samples = [{"task_id": t.task_id, "completion": c} for t, cs in zip(tasks, comps) for c in cs]
@@ -65,43 +76,65 @@ def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *
     if out_dir is not None:
         write_jsonl(out_dir / "code_samples.jsonl",
                     [{**s, **r} for s, r in zip(samples, result["samples"])])
-    return {k: v for k, v in result.items() if k != "samples"}
+    passed: dict[str, list[bool]] = {t.task_id: [] for t in tasks}
+    for rec in result["samples"]:
+        passed[rec["task_id"]].append(rec["passed"])
+    out = {k: v for k, v in result.items() if k != "samples"}
+    out.update(ids=[t.task_id for t in tasks], items={"pass@1": [sum(v) / len(v) for v in passed.values()]},
+               answers=[(t.prompt, t.canonical_solution) for t in tasks])
+    return out
 
 
-def generate_for(model: Any, tok: Any, texts: list[str], cfg: GenerationEval, stop: list[str], progress: bool,
+def generate_for(model: Any, tok: Any, texts: list[str], cfg: GenerationEval, stop: list[Stop], progress: bool,
                  desc: str) -> list[list[str]]:
     return generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                     top_p=cfg.top_p, n=cfg.n_samples, stop=stop, batch_size=cfg.batch_size, progress=progress,
                     desc=desc)
 
 
+Items = list[dict[str, Any]]  # per-item results: {"item", "metric", "value"}, the metric named as in the rows
+
+
 def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str], progress: bool = True,
-                   out_dir: Path | None = None) -> dict[str, float]:
-    """All metrics of one model: learning on `domains`, forgetting (and its mean), held-out losses."""
+                   out_dir: Path | None = None) -> tuple[dict[str, float], Items]:
+    """All metrics of one model - learning on `domains` (and the reference answers' NLL), forgetting (and its
+    mean), held-out losses - and the per-item values behind each mean."""
     metrics: dict[str, float] = {}
+    items: Items = []
+
+    def record(metric: str, ids: list[str], values: list[float]) -> None:
+        metrics[metric] = sum(values) / len(values)
+        items.extend({"item": i, "metric": metric, "value": float(v)} for i, v in zip(ids, values))
+
     for domain in domains:
         cfg = profile.eval.learning[domain]
         if domain == "math":
             r = evaluate_math(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
-            metrics.update({"gsm8k_strict_match": r["strict_match"], "gsm8k_flexible_extract": r["flexible_extract"],
-                            f"learning_{domain}": r["strict_match"]})
+            record("gsm8k_strict_match", r["ids"], r["items"]["strict_match"])
+            record("gsm8k_flexible_extract", r["ids"], r["items"]["flexible_extract"])
+            record(f"learning_{domain}", r["ids"], r["items"]["strict_match"])
         else:
             r = evaluate_code(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
             metrics.update({f"humaneval_{k}": v for k, v in r.items() if k.startswith(("pass@", "unique_"))})
-            metrics[f"learning_{domain}"] = r["pass@1"]
+            record(f"learning_{domain}", r["ids"], r["items"]["pass@1"])
+        record(f"answer_nll_{domain}", r["ids"], answer_nll(model, tok, r["answers"],
+                                                            batch_size=profile.eval.batch_size, progress=progress))
     forgetting = []
     for name, cfg in profile.eval.forgetting.items():
-        r = score_choice(model, tok, load_spec(profile, cfg.dataset), shots=cfg.shots,
-                         batch_size=profile.eval.batch_size, progress=progress)
-        metrics[f"{name}_acc"], metrics[f"{name}_acc_norm"] = r["acc"], r["acc_norm"]
-        forgetting.append(r[cfg.metric])
+        mc_items = load_spec(profile, cfg.dataset)
+        r = score_choice(model, tok, mc_items, shots=cfg.shots, batch_size=profile.eval.batch_size,
+                         progress=progress)
+        ids = [item_id(it.id, i) for i, it in enumerate(mc_items)]
+        record(f"{name}_acc", ids, [float(x["pred"] == x["gold"]) for x in r["records"]])
+        record(f"{name}_acc_norm", ids, [float(x["pred_norm"] == x["gold"]) for x in r["records"]])
+        forgetting.append(metrics[f"{name}_{cfg.metric}"])
     if forgetting:
         metrics["forgetting_avg"] = sum(forgetting) / len(forgetting)
     for name, spec in profile.eval.heldout.items():
         texts = [to_text(r) for r in load_spec(profile, spec)]
         metrics[f"heldout_{name}_loss"] = heldout_loss(model, tok, texts, seq_len=profile.training.seq_len,
                                                        batch_size=profile.eval.batch_size)["loss"]
-    return metrics
+    return metrics, items
 
 
 def result_rows(run_id: str, meta: dict[str, Any], metrics: dict[str, float], seconds: float) -> list[dict[str, Any]]:
@@ -119,11 +152,11 @@ def evaluate_base(profile: Profile, out_root: Path, *, progress: bool = True) ->
     model, tok = load_base(profile)
     model = model.to(device())
     start = time.perf_counter()
-    metrics = evaluate_model(model, tok, profile, domains=list(profile.eval.learning), progress=progress,
-                             out_dir=path.parent)
+    metrics, items = evaluate_model(model, tok, profile, domains=list(profile.eval.learning), progress=progress,
+                                    out_dir=path.parent)
     meta = {"checkpoint": "base", "duration": 0, "duration_unit": None, "tokens_seen": 0, "step": 0}
     rows = result_rows(BASE_ID, meta, metrics, time.perf_counter() - start)
-    write_json(path, {"rows": rows})
+    write_json(path, {"rows": rows, "items": items})
     return rows
 
 
@@ -140,10 +173,10 @@ def evaluate_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bo
             start = time.perf_counter()
             model = load_finetuned(profile, spec.method, paths.checkpoint(label)).to(device())
             loaded = time.perf_counter()
-            metrics = evaluate_model(model, tok, profile, domains=[spec.domain], progress=progress,
-                                     out_dir=paths.eval_outputs(label))
+            metrics, items = evaluate_model(model, tok, profile, domains=[spec.domain], progress=progress,
+                                            out_dir=paths.eval_outputs(label))
             write_json(path, {"rows": result_rows(spec.run_id, meta, metrics, time.perf_counter() - loaded),
-                              "load_seconds": loaded - start})
+                              "items": items, "load_seconds": loaded - start})
             del model
         rows += read_json(path)["rows"]
     return rows
