@@ -133,6 +133,18 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    from lorastudy.analysis.claims import claims_table
+
+    profile = _profile(args)
+    table = claims_table(profile, _out(args, profile))
+    if args.format == "md":
+        print(table.to_markdown(index=False, floatfmt=".3f"))
+    else:
+        sys.stdout.write(table.to_csv(index=False, float_format="%.4f"))
+    return 0
+
+
 def cmd_book(args: argparse.Namespace) -> int:
     from lorastudy.book import build_book
 
@@ -200,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("results", cmd_results, "the tidy results table (csv or parquet)").add_argument(
         "--format", choices=["csv", "parquet"])
     sub.choices["results"].add_argument("--out", help="write to this file instead of stdout")
+    add("claims", cmd_claims, "every claim: estimate, 95% interval, agrees / disagrees / cannot tell").add_argument(
+        "--format", choices=["csv", "md"], default="csv")
     add("book", cmd_book, "build the Jupyter Book from the executed notebooks")
 
     ev = sub.add_parser("eval", help="evaluate a run, or score predictions/samples files")
@@ -229,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

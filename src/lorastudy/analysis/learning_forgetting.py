@@ -85,15 +85,15 @@ def arm_values(items: pd.DataFrame, cells: pd.DataFrame, metrics: list[str],
                universe: dict[str, list[str]] | None = None) -> list[np.ndarray]:
     """One (seeds, items) array per metric for the (run_id, checkpoint) cells of one arm, its columns in the
     order of `universe` (default: the items this arm has)."""
-    keys = set(zip(cells.run_id, cells.checkpoint))
-    mine = items[[k in keys for k in zip(items.run_id, items.checkpoint)]]
+    mine = _select(items, cells)
     out = []
     for metric in metrics:
         grid = mine[mine.metric == metric].pivot_table(index=["run_id", "checkpoint"], columns="item", values="value")
         columns = universe[metric] if universe else sorted(grid.columns)
         missing = set(columns) - set(grid.columns)
         if grid.empty or missing or grid.isna().any().any():
-            raise ValueError(f"per-item {metric} missing for {sorted(keys)[:2]}...: {len(missing)} items absent")
+            raise ValueError(f"per-item {metric} incomplete for runs {sorted(set(cells.run_id))[:2]}: "
+                             f"{len(missing)} items absent")
         out.append(grid[columns].to_numpy(dtype=float))
     return out
 
@@ -109,9 +109,13 @@ def compare_arms(items: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame, metrics:
 
 
 def arm_items(items: pd.DataFrame, cells: pd.DataFrame, metric: str) -> list[str]:
-    keys = set(zip(cells.run_id, cells.checkpoint))
-    rows = items[(items.metric == metric) & [k in keys for k in zip(items.run_id, items.checkpoint)]]
-    return sorted(set(rows.item))
+    mine = _select(items, cells)
+    return sorted(set(mine[mine.metric == metric].item))
+
+
+def _select(items: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The per-item rows of these (run_id, checkpoint) cells."""
+    return items.merge(cells[["run_id", "checkpoint"]].drop_duplicates(), on=["run_id", "checkpoint"])
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
