@@ -78,6 +78,39 @@ def test_results_command_writes_csv_and_parquet(uninterrupted: Path, env: dict[s
         assert len(df) == len(table(uninterrupted))
 
 
+def test_per_item_results_average_to_the_table(uninterrupted: Path) -> None:
+    """Every metric with per-item values is their mean in results.csv (the bootstrap resamples what the table shows)."""
+    items = pd.read_parquet(uninterrupted / "items.parquet")
+    df = pd.read_csv(uninterrupted / "results.csv")
+    assert {"learning_code", "learning_math", "answer_nll_code", "answer_nll_math", "hellaswag_acc_norm",
+            "winogrande_acc"} <= set(items.metric)
+    means = items.groupby(["run_id", "checkpoint", "metric"]).value.mean().rename("mean").reset_index()
+    both = means.merge(df, on=["run_id", "checkpoint", "metric"], how="left")
+    assert both.value.notna().all() and len(both) > 0
+    assert (both["mean"] - both.value).abs().max() < 1e-9
+    n = items.groupby(["run_id", "checkpoint", "metric"]).item.nunique()
+    profile = load_profile("tiny")
+    assert n.xs("hellaswag_acc_norm", level="metric").eq(profile.eval.forgetting["hellaswag"].dataset.limit).all()
+    nll = items[items.metric.str.startswith("answer_nll")].value
+    assert (nll > 0).all() and nll.notna().all()
+
+
+def test_claims_command_gives_verdicts_consistent_with_intervals(uninterrupted: Path, env: dict[str, str]) -> None:
+    proc = subprocess.run([*CLI, "claims", "tiny", "--output", str(uninterrupted)], env=env, capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from io import StringIO
+
+    claims = pd.read_csv(StringIO(proc.stdout))
+    assert list(claims.columns) == ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds",
+                                    "n_items", "verdict", "paper"]
+    assert len(claims) > 0 and claims.claim.is_unique
+    excludes_zero = (claims.ci_low > 0) | (claims.ci_high < 0)
+    assert (claims.verdict[~excludes_zero] == "cannot tell").all()
+    assert claims.verdict[excludes_zero].isin(["agrees", "disagrees"]).all()
+    assert ((claims.ci_low <= claims.estimate + 1e-9) & (claims.estimate <= claims.ci_high + 1e-9)).all()
+
+
 KILL_RUNS = ["math-cpt-full-lr0.001-s0", "code-ift-lora-r8-a16-all-lr0.003-s0", "code-ift-full-lr0.001-wd0.1-s0"]
 
 

@@ -308,3 +308,29 @@ def test_mini_generation_is_fast() -> None:
     seconds = time.perf_counter() - start
     print(f"\nmini world generated in {seconds:.2f} s")
     assert seconds < 15  # about 1 s alone; generous for a shared 2-core machine
+
+
+def test_every_token_fine_tuning_reads_occurs_in_pretraining(world: MiniWorld) -> None:
+    """No vocabulary confound: an embedding row pre-training never trained would favour full FT over LoRA."""
+    assert world.unseen_tokens() == {}
+    assert sum(d.text.count("\nassert ") for d in world.code_cpt) > len(world.code_cpt)  # CPT keeps its asserts
+
+
+def test_an_unseen_word_is_reported(tiny: MiniWorld) -> None:
+    import dataclasses
+
+    from lorastudy.data.records import TextDoc
+
+    odd = dataclasses.replace(tiny, math_cpt=[*tiny.math_cpt, TextDoc("Zoe juggles 3 plums.", "text/x")])
+    assert dict(odd.unseen_tokens()) == {"math_cpt": {" juggles": 1}}
+
+
+def test_world_pieces_are_the_tokenizers_pieces(tiny: MiniWorld) -> None:
+    from collections import Counter
+
+    from lorastudy.data.world import pieces
+    from lorastudy.tokenizer import pre_tokenizer
+
+    split = pre_tokenizer()
+    for doc in tiny.pretrain[:200] + tiny.code_cpt[:50] + tiny.math_cpt[:50]:
+        assert pieces([doc.text]) == Counter(p for p, _ in split.pre_tokenize_str(doc.text))

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from lorastudy.analysis.learning_forgetting import main_claims
 from lorastudy.config import Profile
+from lorastudy.layout import Layout
+from lorastudy.paper import paper_tables
+from lorastudy.results import collect, collect_items
 
 EXTENDED_PROFILE = "mini-extended"  # the profile that runs every arm of the regularisation and sensitivity chapters
 
@@ -29,11 +33,6 @@ def claim(statement: str, paper: bool, ours: bool | None, detail: str) -> dict:
 def claims_table(profile: Profile, out_root: Path) -> pd.DataFrame:
     """Every claim with an interval, one row each (analysis.learning_forgetting.CLAIM_COLUMNS), from the
     sweep's results and per-item tables (collected from the runs when the sweep has not written them)."""
-    from lorastudy.analysis.learning_forgetting import main_claims  # the chapters' rooms import this module
-    from lorastudy.layout import Layout
-    from lorastudy.paper import paper_tables
-    from lorastudy.results import collect, collect_items
-
     layout = Layout(out_root)
     df = pd.read_csv(layout.results_table) if layout.results_table.is_file() else collect(profile, out_root)
     items = (pd.read_parquet(layout.items_table) if layout.items_table.is_file()

@@ -18,7 +18,10 @@ joins them into a `MiniWorld` and writes it once per config into the cache (`ens
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,9 @@ from lorastudy.data.world.vocabulary import ATTRIBUTES, VALUES
 from lorastudy.io import config_hash
 from lorastudy.io import write_json, write_jsonl
 from lorastudy.layout import world_cache
+from lorastudy.tokenizer import PIECES
+
+_PIECE = re.compile(PIECES)
 
 __all__ = ["ATTRIBUTES", "MINI", "PRESETS", "TINY", "VALUES", "MiniWorld", "Person", "WorldConfig", "arithmetic_facts",
            "ensure_world", "generate_world"]
@@ -60,6 +66,30 @@ class MiniWorld:
         if domain == "code":
             return [InstructionPair(t.prompt, t.canonical_solution, t.task_id) for t in self.code_train]
         raise ValueError(f"unknown domain {domain!r}; choose 'math' or 'code'")
+
+    def target_texts(self) -> dict[str, list[str]]:
+        """Every text a model reads outside pre-training: fine-tuning pairs, CPT, test prompts and references,
+        the forgetting sets and the held-out source text (a test's programs, run but never read, are not)."""
+        mc = {f"forgetting_{k}": [x for it in v for option in it.options for x in option]
+              for k, v in self.source_mc.items()}
+        return {
+            **{f"{d}_ift": [x for p in self.ift_pairs(d) for x in (p.prompt, p.response)] for d in ("code", "math")},
+            "code_cpt": [d.text for d in self.code_cpt], "math_cpt": [d.text for d in self.math_cpt],
+            "code_test": [x for t in self.code_test for x in (t.prompt, t.canonical_solution)],
+            "math_test": [x for p in self.math_test for x in (math_prompt(p.question), math_response(p.answer))],
+            **mc, "source_heldout": [d.text for d in self.source_heldout],
+        }
+
+    def unseen_tokens(self) -> dict[str, Counter[str]]:
+        """Per part, the tokens (tokenizer pieces) that never occur in pre-training: their embedding rows stay
+        untrained, which full fine-tuning can repair and LoRA (embeddings frozen) cannot."""
+        seen = pieces(d.text for d in self.pretrain)
+        out = {}
+        for part, texts in self.target_texts().items():
+            unseen = Counter({k: v for k, v in pieces(texts).items() if k not in seen})
+            if unseen:
+                out[part] = unseen
+        return out
 
     def write(self, folder: str | Path) -> dict[str, str]:
         """Write every part (atomic files) in the layouts the adapters read; returns part -> path."""
@@ -105,10 +135,28 @@ def generate_world(cfg: WorldConfig) -> MiniWorld:
     code_train, code_test, code_cpt, code_docs = code_tasks(cfg)
     pretrain = source + arithmetic_docs(cfg) + stories + code_docs
     part_rng(cfg, "pretrain-order").shuffle(pretrain)
+    seen = pieces(pretrain)
     return MiniWorld(
         config=cfg, people=people, pretrain=_ids(pretrain), source_heldout=_ids(heldout_docs(cfg, people)),
         source_mc=source_mc(cfg, people), math_train=math_train, math_test=math_test, math_cpt=_ids(math_cpt),
-        code_train=code_train, code_test=code_test, code_cpt=_ids(code_cpt))
+        code_train=code_train, code_test=code_test, code_cpt=_ids([_seen_lines(d, seen) for d in code_cpt]))
+
+
+def pieces(texts: Iterable[str]) -> Counter[str]:
+    """How often each tokenizer piece occurs in `texts` (the word-level tokenizer's vocabulary is its pieces).
+    The tokenizer's own pattern through `re`: its matches are the pieces (it covers every character), 3x faster."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(_PIECE.findall(text))
+    return counts
+
+
+def _seen_lines(doc: str, seen: Counter[str]) -> str:
+    """A CPT code document without its usage asserts that hold a token pre-training never shows (a random
+    string literal is one word-level token)."""
+    keep = [line for line in doc.split("\n")
+            if not line.startswith("assert ") or all(p in seen for p in pieces([line]))]
+    return "\n".join(keep)
 
 
 def _ids(docs: list[str]) -> list[TextDoc]:

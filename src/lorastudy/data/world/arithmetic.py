@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from lorastudy.data.records import MathProblem
 from lorastudy.data.world.settings import WorldConfig, part_rng
 
-from lorastudy.data.world.vocabulary import ARITH_PER_DOC, CONNECTORS, MATH_ITEMS, MATH_NAMES, MATH_TEST_BUCKETS
+from lorastudy.data.world.vocabulary import (ARITH_PER_DOC, CONNECTORS, MATH_ITEMS, MATH_NAMES, MATH_TEST_BUCKETS,
+                                             STORY_USAGE)
 
 
 def arithmetic_facts(cfg: WorldConfig) -> list[tuple[int, str, int, int]]:
@@ -40,6 +41,8 @@ class _Problem:
     steps: list[str]  # answer lines
     result: int
     key: str  # op sequence and numbers, without names: the unit of the train/test split
+    name: str
+    item: str
 
     def answer(self) -> str:
         return "\n".join([*self.steps, f"#### {self.result}"])
@@ -83,7 +86,7 @@ def _sample_problem(rng: random.Random, cfg: WorldConfig, covered: set[tuple[int
             return None
         x = _apply(*eqs[-1])
         used, steps, key = used + len(eqs), steps + lines, key + [kind, *(str(e[2]) for e in eqs)]
-    return _Problem(" ".join(q + [ask]), steps, x, " ".join(key))
+    return _Problem(" ".join(q + [ask]), steps, x, " ".join(key), n, item)
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -116,4 +119,10 @@ def word_problems(cfg: WorldConfig) -> tuple[list[MathProblem], list[MathProblem
            + "\n" + " ".join(_equation(*f) for f in rng.sample(facts, 4)) for p in cpt_pool]
     return ([MathProblem(p.question, p.answer(), f"gsm8k_train/{i}") for i, p in enumerate(train)],
             [MathProblem(p.question, p.answer(), f"gsm8k/{i}") for i, p in enumerate(test)],
-            cpt, [f"{p.question} The answer is {p.result}." for p in stories])
+            cpt, [_story(p, i) for i, p in enumerate(stories)])
+
+
+def _story(p: _Problem, i: int) -> str:
+    """A pre-training story: the question, one everyday sentence, the result (no worked steps)."""
+    usage = STORY_USAGE[i % len(STORY_USAGE)].format(n=p.name, item=p.item)
+    return f"{p.question} {usage} So the answer is {p.result}."

@@ -28,5 +28,8 @@ FRIEND_RATE = 0.3
 MATH_NAMES = ("Tom", "Ann", "Sam", "Mia", "Ben", "Lily", "Max", "Zoe", "Leo", "Eva", "Dan", "Kim")
 MATH_ITEMS = ("apples", "pears", "cards", "books", "stamps", "marbles", "shells", "coins", "pens", "cookies", "plums")
 CONNECTORS = ("Then", "Next", "Later")
+# Everyday sentences in pre-training's stories that use every word of the worked answers (gives ... away, the bags
+# hold, gets, fills, So) outside a worked solution, so fine-tuning never meets a word whose embedding is untrained.
+STORY_USAGE = ("{n} gives the {item} away.", "The bags hold {item}.", "{n} gets {item} too.", "{n} fills the box.")
 MATH_TEST_BUCKETS = 5  # 1 in 5 value combinations (per op sequence) is reserved for math_test
 ARITH_PER_DOC = 12

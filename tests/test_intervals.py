@@ -1,0 +1,63 @@
+"""The bootstrap over items (paired) and seeds, and the three-way verdict: ties never agree."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lorastudy.analysis.intervals import AGREES, CANNOT_TELL, DISAGREES, Interval, difference, verdict
+
+
+def bernoulli(rng: np.random.Generator, p: np.ndarray, seeds: int) -> np.ndarray:
+    return (rng.random((seeds, p.size)) < p).astype(float)
+
+
+def test_a_tie_is_never_a_direction() -> None:
+    x = np.array([[1.0, 0.0, 1.0, 1.0, 0.0] * 20])
+    iv = difference([x], [x.copy()])
+    assert iv.estimate == 0 and iv.low == 0 and iv.high == 0
+    assert verdict(iv, +1) == verdict(iv, -1) == CANNOT_TELL
+
+
+def test_a_clear_difference_agrees_or_disagrees() -> None:
+    rng = np.random.default_rng(0)
+    a, b = bernoulli(rng, np.full(300, 0.8), 3), bernoulli(rng, np.full(300, 0.4), 3)
+    iv = difference([a], [b])
+    assert 0.3 < iv.estimate < 0.5 and iv.low > 0.25 and iv.high < 0.55
+    assert iv.n_seeds == (3, 3) and iv.n_items == 300
+    assert verdict(iv, +1) == AGREES and verdict(iv, -1) == DISAGREES
+
+
+def test_items_are_paired_between_arms() -> None:
+    """Items of very different difficulty, the same small gain on each: paired, the interval is narrow;
+    if the arms' items were drawn independently it would span the difficulty spread and include zero."""
+    rng = np.random.default_rng(1)
+    difficulty = rng.random(200)
+    a, b = (difficulty + 0.02)[None, :], difficulty[None, :]
+    iv = difference([a], [b])
+    assert iv.low > 0.019 and iv.high < 0.021
+
+
+def test_seed_spread_widens_the_interval() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.random((1, 100))
+    steady = np.repeat(base + 0.05, 4, axis=0)
+    noisy = base + 0.05 + np.array([[-0.2], [0.2], [-0.1], [0.1]])
+    narrow, wide = difference([steady], [base]), difference([noisy], [base])
+    assert narrow.estimate == pytest.approx(wide.estimate)
+    assert (wide.high - wide.low) > 5 * (narrow.high - narrow.low)
+
+
+def test_a_composite_is_the_mean_of_its_sets() -> None:
+    a = [np.ones((2, 10)), np.zeros((2, 30))]  # set means 1 and 0: composite 0.5 whatever the set sizes
+    b = [np.full((1, 10), 0.5), np.full((1, 30), 0.5)]
+    iv = difference(a, b)
+    assert iv.estimate == pytest.approx(0.0) and iv.n_items == 40
+
+
+def test_mismatched_arms_are_refused() -> None:
+    with pytest.raises(ValueError, match="same items"):
+        difference([np.ones((1, 5))], [np.ones((1, 6))])
+    with pytest.raises(ValueError, match="same sets"):
+        difference([np.ones((1, 5))], [np.ones((1, 5)), np.ones((1, 5))])
+    with pytest.raises(ValueError, match="direction"):
+        verdict(Interval(0.1, 0.05, 0.2, (1, 1), 5), 0)
