@@ -94,14 +94,15 @@ def test_files_do_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-c", code, str(tmp_path / folder)], check=True, timeout=60,
                        env={**os.environ, "PYTHONHASHSEED": seed})
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) == 12
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) == 14
     assert all((tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes() for n in names)
 
 
 def test_files_read_back_through_the_real_adapters(tiny: MiniWorld, tmp_path: Path) -> None:
     paths = tiny.write(tmp_path)
-    assert set(paths) == {"pretrain", "source_heldout", "math_cpt", "code_cpt", "math_train", "math_test",
-                          "code_train", "code_test", "source_completion", "source_question", "source_fillin", "world"}
+    assert set(paths) == {"pretrain", "source_heldout", "math_cpt", "code_cpt", "math_train", "math_test", "math_val",
+                          "code_train", "code_test", "code_val", "source_completion", "source_question",
+                          "source_fillin", "world"}
     assert load_records("text", paths["pretrain"]) == tiny.pretrain
     assert load_records("text", paths["source_heldout"]) == tiny.source_heldout
     assert load_records("text", paths["math_cpt"]) == tiny.math_cpt
@@ -111,6 +112,8 @@ def test_files_read_back_through_the_real_adapters(tiny: MiniWorld, tmp_path: Pa
         (p.question, p.answer) for p in tiny.math_train]
     assert load_records("humaneval", paths["code_test"]) == tiny.code_test
     assert load_records("humaneval", paths["code_train"]) == tiny.code_train
+    assert load_records("humaneval", paths["code_val"]) == tiny.code_val
+    assert load_records("gsm8k", paths["math_val"]) == tiny.math_val
     assert load_records("hellaswag", paths["source_completion"]) == tiny.source_mc["completion"]
     assert load_records("arc_challenge", paths["source_question"]) == tiny.source_mc["question"]
     assert load_records("winogrande", paths["source_fillin"]) == tiny.source_mc["fill_in"]
@@ -157,13 +160,24 @@ def test_math_splits_are_disjoint(world: MiniWorld) -> None:
     assert not [p.question for p in world.math_test if p.question in corpus]
 
 
+def test_math_validation_is_like_test_but_apart_from_everything(world: MiniWorld) -> None:
+    assert len(world.math_val) == world.config.n_math_val
+    val_chains = {equations(p.answer) for p in world.math_val}
+    assert not val_chains & {equations(p.answer) for p in world.math_train}
+    assert not val_chains & {equations(p.answer) for p in world.math_test}  # no shared value combination
+    corpus = "\x00".join(d.text for d in world.pretrain + world.math_cpt)
+    assert not [p.question for p in world.math_val if p.question in corpus]
+
+
 def test_code_test_tasks_are_unseen_combinations_of_seen_parts(world: MiniWorld) -> None:
     train_names = {t.entry_point for t in world.code_train}
     corpus = "\x00".join(d.text for d in world.pretrain + world.code_cpt)
     train_bodies = {t.canonical_solution for t in world.code_train}
     train_lines = {line for t in world.code_train for line in t.canonical_solution.splitlines()}
     train_clauses = {c for t in world.code_train if family(t) == "list" for c in list_clauses(t.prompt)}
-    for t in world.code_test:
+    assert len(world.code_val) == world.config.n_code_val
+    assert not {t.entry_point for t in world.code_val} & {t.entry_point for t in world.code_test}
+    for t in world.code_test + world.code_val:
         assert t.entry_point not in train_names and f"{t.entry_point}(" not in corpus
         assert t.prompt not in corpus and t.canonical_solution not in train_bodies | {""}
         assert t.canonical_solution not in corpus
@@ -181,7 +195,7 @@ def list_clauses(prompt: str) -> list[str]:
 
 
 def test_families_have_fair_shares(world: MiniWorld) -> None:
-    for tasks in (world.code_train, world.code_test):
+    for tasks in (world.code_train, world.code_test, world.code_val):
         counts = Counter(family(t) for t in tasks)
         assert set(counts) == set(FAMILIES) and max(counts.values()) - min(counts.values()) <= 1
 

@@ -75,6 +75,10 @@ def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: in
     for start in tqdm(range(0, len(prompts), per_batch), desc=desc, disable=not progress, leave=False):
         chunk = list(prompts[start:start + per_batch])
         ids, mask = left_padded(tok, chunk)
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if context and ids.shape[1] + max_new_tokens > context:
+            raise ValueError(f"{desc}: a prompt of {ids.shape[1]} tokens plus max_new_tokens {max_new_tokens} exceeds "
+                             f"the model's context of {context}: use fewer shots or fewer new tokens")
         criteria = StoppingCriteriaList([StopOnStrings(tok, stop, ids.shape[1])] if stop else [])
         gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), stopping_criteria=criteria,
                              **gen_kwargs)

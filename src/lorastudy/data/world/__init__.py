@@ -54,9 +54,11 @@ class MiniWorld:
     source_mc: dict[str, list[MCItem]]
     math_train: list[MathProblem]
     math_test: list[MathProblem]
+    math_val: list[MathProblem]
     math_cpt: list[TextDoc]
     code_train: list[CodeTask]
     code_test: list[CodeTask]
+    code_val: list[CodeTask]
     code_cpt: list[TextDoc]
 
     def ift_pairs(self, domain: str) -> list[InstructionPair]:
@@ -75,8 +77,9 @@ class MiniWorld:
         return {
             **{f"{d}_ift": [x for p in self.ift_pairs(d) for x in (p.prompt, p.response)] for d in ("code", "math")},
             "code_cpt": [d.text for d in self.code_cpt], "math_cpt": [d.text for d in self.math_cpt],
-            "code_test": [x for t in self.code_test for x in (t.prompt, t.canonical_solution)],
-            "math_test": [x for p in self.math_test for x in (math_prompt(p.question), math_response(p.answer))],
+            "code_test": [x for t in self.code_test + self.code_val for x in (t.prompt, t.canonical_solution)],
+            "math_test": [x for p in self.math_test + self.math_val
+                          for x in (math_prompt(p.question), math_response(p.answer))],
             **mc, "source_heldout": [d.text for d in self.source_heldout],
         }
 
@@ -102,8 +105,10 @@ class MiniWorld:
             "code_cpt": [{"text": d.text} for d in self.code_cpt],
             "math_train": [{"question": p.question, "answer": p.answer} for p in self.math_train],
             "math_test": [{"question": p.question, "answer": p.answer} for p in self.math_test],
+            "math_val": [{"question": p.question, "answer": p.answer} for p in self.math_val],
             "code_train": [_humaneval_row(t) for t in self.code_train],
             "code_test": [_humaneval_row(t) for t in self.code_test],
+            "code_val": [_humaneval_row(t) for t in self.code_val],
             "source_completion": [{"query": i.options[0][0], "choices": [c[1:] for _, c in i.options], "gold": i.gold}
                                   for i in mc["completion"]],
             "source_question": [{"choices": [c[1:] for _, c in i.options],
@@ -131,15 +136,16 @@ def generate_world(cfg: WorldConfig) -> MiniWorld:
     """The whole world for one config (deterministic; about a second for `mini`)."""
     people = make_people(cfg)
     source = source_docs(cfg, people)
-    math_train, math_test, math_cpt, stories = word_problems(cfg)
-    code_train, code_test, code_cpt, code_docs = code_tasks(cfg)
+    math_train, math_test, math_val, math_cpt, stories = word_problems(cfg)
+    code_train, code_test, code_val, code_cpt, code_docs = code_tasks(cfg)
     pretrain = source + arithmetic_docs(cfg) + stories + code_docs
     part_rng(cfg, "pretrain-order").shuffle(pretrain)
     seen = pieces(pretrain)
     return MiniWorld(
         config=cfg, people=people, pretrain=_ids(pretrain), source_heldout=_ids(heldout_docs(cfg, people)),
-        source_mc=source_mc(cfg, people), math_train=math_train, math_test=math_test, math_cpt=_ids(math_cpt),
-        code_train=code_train, code_test=code_test, code_cpt=_ids([_seen_lines(d, seen) for d in code_cpt]))
+        source_mc=source_mc(cfg, people), math_train=math_train, math_test=math_test, math_val=math_val,
+        math_cpt=_ids(math_cpt), code_train=code_train, code_test=code_test, code_val=code_val,
+        code_cpt=_ids([_seen_lines(d, seen) for d in code_cpt]))
 
 
 def pieces(texts: Iterable[str]) -> Counter[str]:

@@ -93,24 +93,36 @@ def _apply(a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
 
 
-def word_problems(cfg: WorldConfig) -> tuple[list[MathProblem], list[MathProblem], list[str], list[str]]:
-    """Train/test problems (test = held-out value combinations), CPT prose and pre-training stories."""
+def _split(key: str) -> str:
+    """train, test or val for a problem's value combination: 1 in MATH_TEST_BUCKETS combinations is held out,
+    and the held-out ones are halved between test and validation (so the two never share a combination)."""
+    h = zlib.crc32(key.encode())
+    if h % MATH_TEST_BUCKETS:
+        return "train"
+    return "test" if (h // MATH_TEST_BUCKETS) % 2 == 0 else "val"
+
+
+def word_problems(cfg: WorldConfig) -> tuple[list[MathProblem], list[MathProblem], list[MathProblem], list[str],
+                                              list[str]]:
+    """Train/test/validation problems (test and validation: held-out value combinations), CPT prose and
+    pre-training stories."""
     rng = part_rng(cfg, "math")
     covered = {(a, op, b) for a, op, b, _ in arithmetic_facts(cfg) if op != "/" or b > 1}
-    pools: dict[bool, dict[str, _Problem]] = {True: {}, False: {}}
-    wanted = {True: cfg.n_math_test, False: cfg.n_math_train + cfg.n_math_cpt + cfg.n_math_stories}
+    pools: dict[str, dict[str, _Problem]] = {"train": {}, "test": {}, "val": {}}
+    wanted = {"test": cfg.n_math_test, "val": cfg.n_math_val,
+              "train": cfg.n_math_train + cfg.n_math_cpt + cfg.n_math_stories}
     for _ in range(20 * sum(wanted.values())):
         if all(len(pools[t]) >= wanted[t] for t in pools):
             break
         p = _sample_problem(rng, cfg, covered)
         if p is not None:
-            is_test = zlib.crc32(p.key.encode()) % MATH_TEST_BUCKETS == 0
-            if len(pools[is_test]) < wanted[is_test]:
-                pools[is_test].setdefault(p.question, p)
-    if len(pools[True]) < wanted[True] or len(pools[False]) < wanted[False]:
-        raise ValueError("WorldConfig.n_math_test/n_math_train/n_math_cpt: not enough distinct problems in the "
-                         "covered arithmetic; raise max_add_operand or lower the counts")
-    test, rest = list(pools[True].values()), list(pools[False].values())
+            split = _split(p.key)
+            if len(pools[split]) < wanted[split]:
+                pools[split].setdefault(p.question, p)
+    if any(len(pools[t]) < wanted[t] for t in pools):
+        raise ValueError("WorldConfig.n_math_test/n_math_val/n_math_train/n_math_cpt: not enough distinct problems "
+                         "in the covered arithmetic; raise max_add_operand or lower the counts")
+    test, val, rest = list(pools["test"].values()), list(pools["val"].values()), list(pools["train"].values())
     train = rest[:cfg.n_math_train]
     cpt_pool = rest[cfg.n_math_train:cfg.n_math_train + cfg.n_math_cpt]
     stories = rest[cfg.n_math_train + cfg.n_math_cpt:]
@@ -119,6 +131,7 @@ def word_problems(cfg: WorldConfig) -> tuple[list[MathProblem], list[MathProblem
            + "\n" + " ".join(_equation(*f) for f in rng.sample(facts, 4)) for p in cpt_pool]
     return ([MathProblem(p.question, p.answer(), f"gsm8k_train/{i}") for i, p in enumerate(train)],
             [MathProblem(p.question, p.answer(), f"gsm8k/{i}") for i, p in enumerate(test)],
+            [MathProblem(p.question, p.answer(), f"gsm8k/{i}") for i, p in enumerate(val)],  # ids as the adapter reads them
             cpt, [_story(p, i) for i, p in enumerate(stories)])
 
 

@@ -111,46 +111,55 @@ def _usage(b: _Built, cases: list[tuple[Any, Any]]) -> str:
     return "".join(f"assert {b.name}({x!r}) == {y!r}\n" for x, y in cases)
 
 
-def code_tasks(cfg: WorldConfig) -> tuple[list[CodeTask], list[CodeTask], list[str], list[str]]:
-    """Per family: test = unseen combinations whose parts all occur in train; pre-training sees single parts."""
+def code_tasks(cfg: WorldConfig) -> tuple[list[CodeTask], list[CodeTask], list[CodeTask], list[str], list[str]]:
+    """Per family: test and validation = unseen combinations whose parts all occur in train (disjoint, and
+    neither in CPT); pre-training sees single parts."""
     rng = part_rng(cfg, "code")
     train: list[_Built] = []
     test: list[_Built] = []
+    val: list[_Built] = []
     rest: list[_Built] = []
     for k, family in enumerate(FAMILIES):
         built = [b for b in (_build(rng, c) for c in combos(family)) if b is not None]
         rng.shuffle(built)
         n_train = cfg.n_code_train // 3 + (k < cfg.n_code_train % 3)
         n_test = cfg.n_code_test // 3 + (k < cfg.n_code_test % 3)
+        n_val = cfg.n_code_val // 3 + (k < cfg.n_code_val % 3)
         fam_train, pool = built[:n_train], built[n_train:]
         seen, bodies = {p for b in fam_train for p in parts_of(b.combo)}, "\0".join(b.solution for b in fam_train)
-        fam_test = [b for b in pool if n_parts(b.combo) >= 2 and set(parts_of(b.combo)) <= seen
-                    and b.solution not in bodies][:n_test]  # not even the tail of a longer training body
-        if len(fam_test) < n_test:
-            raise ValueError(f"WorldConfig.n_code_test={cfg.n_code_test}: only {len(fam_test)} unseen {family} "
-                             "combinations of seen parts are left")
+        held = [b for b in pool if n_parts(b.combo) >= 2 and set(parts_of(b.combo)) <= seen
+                and b.solution not in bodies][:n_test + n_val]  # not even the tail of a longer training body
+        if len(held) < n_test + n_val:
+            raise ValueError(f"WorldConfig.n_code_test={cfg.n_code_test} + n_code_val={cfg.n_code_val}: only "
+                             f"{len(held)} unseen {family} combinations of seen parts are left")
         train += fam_train
-        test += fam_test
-        chosen = {id(b) for b in fam_test}
-        rest += [b for b in pool if id(b) not in chosen and not any(t.solution in b.solution for t in fam_test)]
+        test += held[:n_test]
+        val += held[n_test:]
+        chosen = {id(b) for b in held}
+        rest += [b for b in pool if id(b) not in chosen and not any(t.solution in b.solution for t in held)]
     rng.shuffle(train)
     rng.shuffle(test)
+    rng.shuffle(val)
     singles = {c: b for c in single_parts() if (b := _build(rng, c)) is not None}
-    test_combos = {b.combo for b in test}
+    test_combos = {b.combo for b in test + val}
     composable = [b for b in train + rest if family_of(b.combo) != "list" and b.combo not in test_combos]
-    code_docs = [_generic_code_doc(rng, singles, composable) for _ in range(cfg.n_code_docs)]
+    code_docs = [_generic_code_doc(rng, singles, composable, k) for k in range(cfg.n_code_docs)]
     cpt_pool = train + rest
     code_cpt = ["\n\n".join(b.prompt + b.solution for b in group) + "\n\n" + "".join(_usage(b, b.cases) for b in group)
                 for group in (rng.sample(cpt_pool, rng.randint(1, 2)) for _ in range(cfg.n_code_cpt))]
     return ([_task(b, f"MiniTrain/{i}") for i, b in enumerate(train)],
-            [_task(b, f"Mini/{i}") for i, b in enumerate(test)], code_cpt, code_docs)
+            [_task(b, f"Mini/{i}") for i, b in enumerate(test)],
+            [_task(b, f"MiniVal/{i}") for i, b in enumerate(val)], code_cpt, code_docs)
 
 
-def _generic_code_doc(rng: random.Random, singles: dict[Combo, _Built], composable: list[_Built]) -> str:
+def _generic_code_doc(rng: random.Random, singles: dict[Combo, _Built], composable: list[_Built], k: int) -> str:
     """Pre-training code: 1-3 single-part functions with usage asserts; half the time a composed call of a
-    non-test int/str combination (so ', then' and every identifier piece occur, never a test function)."""
+    non-test int/str combination (so ', then' and every identifier piece occur, never a test function).
+    The first documents show each single part once, so every part's words occur whatever the sizes."""
     compose = rng.choice(composable) if rng.random() < 0.5 else None
-    if compose is not None:
+    if k < len(singles):
+        compose, funcs = None, [list(singles.values())[k]]
+    elif compose is not None:
         funcs = [singles[(p,)] for p in compose.combo]
     else:
         funcs = rng.sample(list(singles.values()), rng.randint(1, 3))

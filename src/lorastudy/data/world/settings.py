@@ -14,13 +14,13 @@ PRESETS: dict[str, dict[str, int]] = {
     # 1.88M pre-training tokens: 42% source facts, 30% arithmetic, 3% word stories, 25% code; vocabulary ~660.
     "mini": dict(n_people=100, n_first_names=60, n_last_names=60, n_attributes=5, n_templates=4, fact_repetitions=150,
                  max_add_operand=30, max_mul_operand=10, arith_repetitions=27, n_math_stories=1500, n_code_docs=2200,
-                 n_math_train=4000, n_math_test=300, n_math_cpt=4000, max_math_steps=3, n_code_train=1800,
-                 n_code_test=300, n_code_cpt=3000, n_mc=200, n_source_heldout=100),
+                 n_math_train=4000, n_math_test=300, n_math_val=150, n_math_cpt=4000, max_math_steps=3,
+                 n_code_train=1800, n_code_test=210, n_code_val=120, n_code_cpt=3000, n_mc=200, n_source_heldout=100),
     # 111k pre-training tokens: the whole pipeline in minutes; its numbers mean nothing.
     "tiny": dict(n_people=16, n_first_names=12, n_last_names=12, n_attributes=5, n_templates=4, fact_repetitions=40,
                  max_add_operand=20, max_mul_operand=10, arith_repetitions=4, n_math_stories=200, n_code_docs=150,
-                 n_math_train=200, n_math_test=40, n_math_cpt=200, max_math_steps=3, n_code_train=150,
-                 n_code_test=30, n_code_cpt=150, n_mc=30, n_source_heldout=16),
+                 n_math_train=200, n_math_test=40, n_math_val=16, n_math_cpt=200, max_math_steps=3,
+                 n_code_train=150, n_code_test=30, n_code_val=15, n_code_cpt=150, n_mc=30, n_source_heldout=16),
 }
 
 
@@ -30,7 +30,9 @@ class WorldConfig(BaseModel):
     fact_repetitions: pre-training documents per person (each states all its facts once, templates cycled);
     arith_repetitions: how often each arithmetic fact of the covered ranges occurs; n_code_docs / n_math_stories:
     generic code documents and short word stories in pre-training; n_*_cpt: documents for continued pre-training;
-    n_mc: items per multiple-choice format; n_source_heldout: held-out documents (one person each).
+    n_mc: items per multiple-choice format; n_source_heldout: held-out documents (one person each);
+    n_math_val / n_code_val: validation items built like the test items (unseen value combinations, unseen code
+    compositions) but disjoint from them and from every training and CPT text: what learning rates are chosen on.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,10 +52,12 @@ class WorldConfig(BaseModel):
     n_code_docs: int | None = None
     n_math_train: int | None = None
     n_math_test: int | None = None
+    n_math_val: int | None = None
     n_math_cpt: int | None = None
     max_math_steps: int | None = None
     n_code_train: int | None = None
     n_code_test: int | None = None
+    n_code_val: int | None = None
     n_code_cpt: int | None = None
     n_mc: int | None = None
     n_source_heldout: int | None = None
@@ -91,10 +95,11 @@ class WorldConfig(BaseModel):
         need(2 <= self.max_mul_operand <= 12, "max_mul_operand", "2..12")
         need(self.max_math_steps <= 3, "max_math_steps", "1..3")
         need(self.n_code_test >= len(FAMILIES), "n_code_test", "at least one task per family")
+        need(self.n_code_val >= len(FAMILIES), "n_code_val", "at least one task per family")
         smallest = min(combo_counts().values())
-        per_family = -(-self.n_code_train // len(FAMILIES)) + -(-self.n_code_test // len(FAMILIES))
-        need(per_family <= 0.9 * smallest, "n_code_train",
-             f"{per_family} train + test tasks per family exceed 90% of the smallest family ({smallest} combinations)")
+        per_family = sum(-(-n // len(FAMILIES)) for n in (self.n_code_train, self.n_code_test, self.n_code_val))
+        need(per_family <= 0.9 * smallest, "n_code_train", f"{per_family} train + test + validation tasks per family "
+             f"exceed 90% of the smallest family ({smallest} combinations)")
         return self
 
 
