@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
+                      field_validator, model_validator)
 
 from lorastudy.data.world.settings import WorldConfig
 from lorastudy.layout import PROJECT_ROOT, Layout
@@ -171,6 +172,9 @@ class Evaluation(_Strict):
     learning: dict[Domain, GenerationEval]
     forgetting: dict[str, ChoiceEval]
     heldout: dict[str, DatasetSpec] = Field(default_factory=dict)
+    # per domain, items in the learning benchmark's format apart from its test items, scored by the reference
+    # answers' NLL at every checkpoint: what learning rates are chosen on (never the test items)
+    validation: dict[Domain, DatasetSpec] = Field(default_factory=dict)
     batch_size: PositiveInt = 32
 
 
@@ -189,13 +193,22 @@ class Arm(_Strict):
     attention_dropout: list[NonNegativeFloat] | None = None
     use_rslora: list[bool] | None = None
     seed: list[int] | None = None
+    # learning_rate lists candidates: each trains with the first seed, the best on validation trains the rest
+    # (lorastudy.tuning)
+    select_learning_rate: bool = False
 
     @field_validator("*", mode="before")
     @classmethod
     def _listify(cls, v: Any, info: Any) -> Any:
-        if info.field_name != "name" and v is not None and not isinstance(v, (list, tuple)):
+        if info.field_name not in ("name", "select_learning_rate") and v is not None and not isinstance(v, (list, tuple)):
             return [v]
         return v
+
+    @model_validator(mode="after")
+    def _selectable(self) -> "Arm":
+        if self.select_learning_rate and (not self.name or len(self.learning_rate) < 2):
+            raise ValueError("an arm with select_learning_rate needs a name and at least two learning rates")
+        return self
 
 
 class ReleasedCheckpoint(_Strict):
@@ -258,6 +271,15 @@ class Profile(_Strict):
     def layout(self, override: str | os.PathLike | None = None) -> Layout:
         """The paths of this profile's output tree (lorastudy.layout)."""
         return Layout(self.out_dir(override))
+
+    @model_validator(mode="after")
+    def _validation_for_selection(self) -> "Profile":
+        for arm in self.sweep:
+            missing = sorted(set(arm.domain) - set(self.eval.validation)) if arm.select_learning_rate else []
+            if missing:
+                raise ValueError(f"sweep arm {arm.name!r} chooses its learning rate on validation data, but "
+                                 f"eval.validation has no {missing}")
+        return self
 
 
 def format_errors(err: ValidationError, source: str) -> str:

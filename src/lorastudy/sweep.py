@@ -24,6 +24,7 @@ from lorastudy.layout import BASE_NOTEBOOK, Layout
 from lorastudy.notebooks import execute_in_process, is_exclusive, notebook_parameters
 from lorastudy.results import collect, collect_items, write_table
 from lorastudy.runner import DONE, FAILED
+from lorastudy.tuning import awaits_selection, runs_to_train
 
 
 @dataclass
@@ -46,8 +47,17 @@ def run_status(out_root: Path, spec: RunSpec) -> str:
 
 
 def plan_table(profile: Profile, out_root: Path | None = None) -> list[dict[str, Any]]:
+    """Every planned run and its status; a seed that trains only if its learning rate wins on validation is
+    'if chosen' until the rates are chosen."""
     out_root = out_root or profile.out_dir()
-    return [{**spec.to_dict(), "status": run_status(out_root, spec)} for spec in plan_runs(profile)]
+    trains = {s.run_id for s in runs_to_train(profile, collect(profile, out_root))}
+    rows = []
+    for spec in plan_runs(profile):
+        status = run_status(out_root, spec)
+        if status == "todo" and awaits_selection(profile, spec) and spec.run_id not in trains:
+            status = "if chosen"
+        rows.append({**spec.to_dict(), "status": status})
+    return rows
 
 
 def ensure_base(profile_ref: str, out_root: Path, threads: int | None) -> None:
@@ -110,18 +120,9 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     out_root.mkdir(parents=True, exist_ok=True)
     layout = Layout(out_root)
     report = SweepReport()
-    specs = [s for s in plan_runs(profile) if not only or s.run_id in only]
-    todo = [s.run_id for s in specs if run_status(out_root, s) != "done"]
-    report.skipped = [s.run_id for s in specs if s.run_id not in todo]
-    plan = plan_workers(profile, max(1, len(todo)), workers, threads)
     clock = {"start": time.perf_counter()}
     ensure_base(profile_ref, out_root, cpu_count())  # alone on the machine: every core
     clock["base"] = time.perf_counter()
-    if report.skipped:
-        print(f"[sweep] {len(report.skipped)} of {len(specs)} runs already done; skipping them")
-    if todo:
-        print(f"[sweep] {len(todo)} runs on {plan.workers} worker(s), {plan.threads or 'default'} thread(s) each "
-              f"({plan.reason}); {executor} executor; each run's log: runs/RUN_ID/sweep.log")
 
     def record(outcome: Outcome) -> None:
         if outcome.status == DONE:
@@ -132,8 +133,24 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
         else:
             report.skipped.append(outcome.run_id)
 
-    if todo:
-        make_executor(profile, plan, executor, out_root).run(profile_ref, out_root, todo, record)
+    # stage 1: every run but the other seeds of learning-rate sweeps; stage 2: those seeds at the chosen rates
+    plan, seen = plan_workers(profile, 1, workers, threads), set()
+    for stage in (1, 2):
+        df = collect(profile, out_root) if stage == 2 else None
+        specs = [s for s in runs_to_train(profile, df) if (not only or s.run_id in only) and s.run_id not in seen]
+        seen |= {s.run_id for s in specs}
+        if stage == 2 and specs:
+            print(f"[sweep] learning rates chosen on validation; {len(specs)} more seeds at the chosen rates")
+        todo = [s.run_id for s in specs if run_status(out_root, s) != "done"]
+        done = [s.run_id for s in specs if s.run_id not in todo]
+        report.skipped += done
+        if done:
+            print(f"[sweep] {len(done)} of {len(specs)} runs already done; skipping them")
+        if todo:
+            plan = plan_workers(profile, len(todo), workers, threads)
+            print(f"[sweep] {len(todo)} runs on {plan.workers} worker(s), {plan.threads or 'default'} thread(s) each "
+                  f"({plan.reason}); {executor} executor; each run's log: runs/RUN_ID/sweep.log")
+            make_executor(profile, plan, executor, out_root).run(profile_ref, out_root, todo, record)
     clock["runs"] = time.perf_counter()
     if profile.released:
         from lorastudy.evaluation.released import evaluate_released  # heavy (torch): only released profiles

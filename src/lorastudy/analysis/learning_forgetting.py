@@ -11,6 +11,7 @@ from lorastudy.figures.style import method_label
 from lorastudy.layout import BASE_ID
 from lorastudy.paper import PAPER_HIDDEN_SIZE
 from lorastudy.results import wide
+from lorastudy.tuning import keep_chosen
 
 MAIN_ARMS = ("full", "lora")  # the sweep arms of the main grid (regularisation and sensitivity arms are apart)
 
@@ -143,7 +144,7 @@ def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: 
     """The paper's headline claims per panel at its longest duration, with intervals: full FT learns more than
     each LoRA rank, each LoRA rank forgets less than full FT, and (CPT) full FT learns beyond the base.
     The paper's number is the same difference on its Tables S1-S8, at the rank with the same share of the width."""
-    runs = df[(df.method != "base") & df.arm.isin(MAIN_ARMS) & (df.status == "completed")]
+    runs = keep_chosen(profile, df[(df.method != "base") & df.arm.isin(MAIN_ARMS) & (df.status == "completed")])
     base = df[df.run_id == BASE_ID]
     forget = forgetting_metrics(profile)
     # the mini base's ranks map to the paper's by share of the width; a pretrained base is compared rank for rank

@@ -38,12 +38,20 @@ def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *
     scored = score_gsm8k(preds, problems)
     if out_dir is not None:
         write_jsonl(out_dir / "math_predictions.jsonl", preds)
-    ids = [item_id(p.id, i) for i, p in enumerate(problems)]
     items = {"strict_match": [float(r["strict_correct"]) for r in scored["records"]],
              "flexible_extract": [float(r["flexible_correct"]) for r in scored["records"]]}
-    answers = [(text, prompts.math_response(p.answer)) for text, p in zip(texts, problems)]
     return {"strict_match": scored["strict_match"], "flexible_extract": scored["flexible_extract"], "n": scored["n"],
-            "ids": ids, "items": items, "answers": answers}
+            "items": items}
+
+
+def reference_answers(profile: Profile, domain: str, records: list[Any]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Item ids and (prompt, reference answer) pairs in the learning benchmark's own prompt format (math with
+    its shots), for the answer-NLL measure."""
+    if domain == "math":
+        shots = _math_shots(profile, profile.eval.learning["math"])
+        pairs = [(prompts.math_fewshot(p.question, shots), prompts.math_response(p.answer)) for p in records]
+        return [item_id(p.id, i) for i, p in enumerate(records)], pairs
+    return [t.task_id for t in records], [(t.prompt, t.canonical_solution) for t in records]
 
 
 def item_id(given: str, index: int) -> str:
@@ -80,8 +88,7 @@ def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *
     for rec in result["samples"]:
         passed[rec["task_id"]].append(rec["passed"])
     out = {k: v for k, v in result.items() if k != "samples"}
-    out.update(ids=[t.task_id for t in tasks], items={"pass@1": [sum(v) / len(v) for v in passed.values()]},
-               answers=[(t.prompt, t.canonical_solution) for t in tasks])
+    out["items"] = {"pass@1": [sum(v) / len(v) for v in passed.values()]}
     return out
 
 
@@ -106,19 +113,26 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
         metrics[metric] = sum(values) / len(values)
         items.extend({"item": i, "metric": metric, "value": float(v)} for i, v in zip(ids, values))
 
+    def nll(metric: str, domain: str, records: list[Any]) -> None:
+        ids, pairs = reference_answers(profile, domain, records)
+        record(metric, ids, answer_nll(model, tok, pairs, batch_size=profile.eval.batch_size, progress=progress))
+
     for domain in domains:
         cfg = profile.eval.learning[domain]
+        test = load_spec(profile, cfg.dataset)
+        ids = reference_answers(profile, domain, test)[0]
         if domain == "math":
             r = evaluate_math(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
-            record("gsm8k_strict_match", r["ids"], r["items"]["strict_match"])
-            record("gsm8k_flexible_extract", r["ids"], r["items"]["flexible_extract"])
-            record(f"learning_{domain}", r["ids"], r["items"]["strict_match"])
+            record("gsm8k_strict_match", ids, r["items"]["strict_match"])
+            record("gsm8k_flexible_extract", ids, r["items"]["flexible_extract"])
+            record(f"learning_{domain}", ids, r["items"]["strict_match"])
         else:
             r = evaluate_code(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
             metrics.update({f"humaneval_{k}": v for k, v in r.items() if k.startswith(("pass@", "unique_"))})
-            record(f"learning_{domain}", r["ids"], r["items"]["pass@1"])
-        record(f"answer_nll_{domain}", r["ids"], answer_nll(model, tok, r["answers"],
-                                                            batch_size=profile.eval.batch_size, progress=progress))
+            record(f"learning_{domain}", ids, r["items"]["pass@1"])
+        nll(f"answer_nll_{domain}", domain, test)
+        if domain in profile.eval.validation:
+            nll(f"val_answer_nll_{domain}", domain, load_spec(profile, profile.eval.validation[domain]))
     forgetting = []
     for name, cfg in profile.eval.forgetting.items():
         mc_items = load_spec(profile, cfg.dataset)
