@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("results", cmd_results, "the tidy results table (csv or parquet)").add_argument(
         "--format", choices=["csv", "parquet"])
     sub.choices["results"].add_argument("--out", help="write to this file instead of stdout")
-    add("claims", cmd_claims, "every claim: estimate, 95% interval, agrees / disagrees / cannot tell").add_argument(
+    add("claims", cmd_claims, "every claim: estimate, 95%% interval, agrees / disagrees / cannot tell").add_argument(
         "--format", choices=["csv", "md"], default="csv")
     add("book", cmd_book, "build the Jupyter Book from the executed notebooks")
 

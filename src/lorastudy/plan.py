@@ -26,6 +26,9 @@ class RunSpec:
     attention_dropout: float = 0.0
     use_rslora: bool = False
     arm: str = field(default="", compare=False)
+    # "" or, in an arm that chooses its learning rate on validation (lorastudy.tuning): "candidate" (the first
+    # seed, trained at every rate) or "seed" (another seed, trained only at the chosen rate)
+    selection: str = field(default="", compare=False)
 
     @property
     def run_id(self) -> str:
@@ -51,13 +54,15 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
     runs: dict[str, RunSpec] = {}
     t = profile.training
     for arm in profile.sweep:
+        seeds = arm.seed or profile.seeds
         grid = itertools.product(
-            arm.domain, arm.regime, arm.method, arm.learning_rate, arm.seed or profile.seeds,
+            arm.domain, arm.regime, arm.method, arm.learning_rate, seeds,
             arm.weight_decay or [t.weight_decay], arm.attention_dropout or [t.attention_dropout],
         )
         for domain, regime, method, lr, seed, wd, do in grid:
+            role = "" if not arm.select_learning_rate else "candidate" if seed == seeds[0] else "seed"
             common = dict(domain=domain, regime=regime, method=method, learning_rate=lr, seed=seed,
-                          weight_decay=wd, attention_dropout=do, arm=arm.name)
+                          weight_decay=wd, attention_dropout=do, arm=arm.name, selection=role)
             if method == "full":
                 specs = [RunSpec(**common)]
             else:

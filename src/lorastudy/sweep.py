@@ -54,7 +54,7 @@ def plan_table(profile: Profile, out_root: Path | None = None) -> list[dict[str,
     rows = []
     for spec in plan_runs(profile):
         status = run_status(out_root, spec)
-        if status == "todo" and awaits_selection(profile, spec) and spec.run_id not in trains:
+        if status == "todo" and awaits_selection(spec) and spec.run_id not in trains:
             status = "if chosen"
         rows.append({**spec.to_dict(), "status": status})
     return rows

@@ -22,17 +22,9 @@ def selection_metric(domain: str) -> str:
     return f"val_answer_nll_{domain}"
 
 
-def _arm_seeds(profile: Profile) -> dict[str, list[int]]:
-    return {a.name: list(a.seed or profile.seeds) for a in profile.sweep}
-
-
-def selected_arms(profile: Profile) -> set[str]:
-    return {a.name for a in profile.sweep if a.select_learning_rate}
-
-
-def awaits_selection(profile: Profile, spec: RunSpec) -> bool:
+def awaits_selection(spec: RunSpec) -> bool:
     """A run of a selecting arm beyond its first seed: it trains only if its rate is the chosen one."""
-    return spec.arm in selected_arms(profile) and spec.seed != _arm_seeds(profile)[spec.arm][0]
+    return spec.selection == "seed"
 
 
 def group_key(row: dict[str, Any] | pd.Series | RunSpec) -> tuple:
@@ -43,11 +35,9 @@ def group_key(row: dict[str, Any] | pd.Series | RunSpec) -> tuple:
 def candidates(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
     """Per group and candidate rate: the first-seed run's validation score at its longest duration (NaN until
     it is done). Columns: the group's settings, learning_rate, run_id, score, chosen."""
-    arms = selected_arms(profile)
-    first = {name: seeds[0] for name, seeds in _arm_seeds(profile).items()}
     rows = []
     for spec in plan_runs(profile):
-        if spec.arm not in arms or spec.seed != first[spec.arm]:
+        if spec.selection != "candidate":
             continue
         mine = df[(df.run_id == spec.run_id) & (df.metric == selection_metric(spec.domain))]
         score = float(mine.loc[mine.duration.idxmax(), "value"]) if len(mine) else float("nan")
@@ -72,16 +62,16 @@ def runs_to_train(profile: Profile, df: pd.DataFrame | None) -> list[RunSpec]:
     """The planned runs a sweep trains: everything, except other seeds of a selecting arm at a rate that is not
     (or not yet, with df None or undecided) the chosen one."""
     chosen = chosen_rates(profile, df) if df is not None else {}
-    return [s for s in plan_runs(profile)
-            if not awaits_selection(profile, s) or chosen.get(group_key(s)) == s.learning_rate]
+    return [s for s in plan_runs(profile) if not awaits_selection(s) or chosen.get(group_key(s)) == s.learning_rate]
 
 
 def keep_chosen(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of runs a main comparison may use: runs of selecting arms only at their group's chosen rate."""
-    arms = selected_arms(profile)
-    if not arms:
+    """Rows of runs a main comparison may use: in a selecting group, only the chosen rate's (none while the
+    group is undecided); every other run as it is."""
+    groups = {group_key(s) for s in plan_runs(profile) if s.selection}
+    if not groups or df.empty:
         return df
     chosen = chosen_rates(profile, df)
-    keys = df[GROUP].apply(lambda r: group_key(r), axis=1) if len(df) else pd.Series(dtype=object)
-    ok = [arm not in arms or chosen.get(k) == lr for arm, k, lr in zip(df.arm, keys, df.learning_rate)]
+    keys = [group_key(r) for _, r in df[GROUP].iterrows()]
+    ok = [k not in groups or chosen.get(k) == lr for k, lr in zip(keys, df.learning_rate)]
     return df[ok]
