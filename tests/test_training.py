@@ -101,7 +101,7 @@ def test_checkpoint_steps_for_epochs_and_tokens() -> None:
 def _fit(model, tok, tmp_path: Path, name: str, lr: float = 1e-3):
     profile = load_profile("tiny")
     examples = pack_cpt(TEXTS * 10, tok, seq_len=32)
-    args = training_arguments(tmp_path / name, lr=lr, batch=4, accum=1, max_steps=6, seed=0, regime="cpt",
+    args = training_arguments(tmp_path / name, lr=lr, batch=4, accum=1, max_steps=6, seed=0, schedule="wsd",
                               profile=profile, weight_decay=0.0, progress=False)
     return fit(model, examples, out=tmp_path / name, args=args, pad_id=tok.pad_token_id, at_steps={3: 1, 6: 2},
                unit="tokens")
@@ -174,7 +174,7 @@ def test_full_ft_deltas_are_weight_differences(model) -> None:
 def test_lion_optimizer_trains(model, tok, tmp_path: Path) -> None:
     profile = load_profile("tiny", {"training.optimizer": "lion"})
     examples = pack_cpt(TEXTS * 10, tok, seq_len=32)
-    args = training_arguments(tmp_path / "lion", lr=1e-3, batch=4, accum=1, max_steps=4, seed=0, regime="ift",
+    args = training_arguments(tmp_path / "lion", lr=1e-3, batch=4, accum=1, max_steps=4, seed=0, schedule="cosine",
                               profile=profile, weight_decay=0.0, progress=False)
     before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
     ckpt = fit(model, examples, out=tmp_path / "lion", args=args, pad_id=tok.pad_token_id, at_steps={}, unit="tokens",
@@ -184,3 +184,48 @@ def test_lion_optimizer_trains(model, tok, tmp_path: Path) -> None:
     # Lion moves every weight by exactly lr * sign(update) per step (no weight decay here)
     delta = (model.model.layers[0].mlp.up_proj.weight.detach() - before).abs()
     assert torch.all(delta <= 4 * 1e-3 + 1e-7) and delta.max() > 0
+
+
+def _random_llama(tok, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, attention_dropout=0.1)
+    return LlamaForCausalLM(cfg)
+
+
+def test_a_cooldown_branch_equals_a_run_that_ends_there(tok, tmp_path: Path) -> None:
+    """Annealed durations: the short duration's checkpoint, cooled down from the long run's stable phase, is
+    bit for bit the run whose own schedule ends there (same data order, optimizer state and dropout RNG)."""
+    from safetensors.torch import load_file
+
+    from lorastudy.training import branch_points, ordered
+
+    profile = load_profile("tiny")
+    examples = ordered(pack_cpt(TEXTS * 10, tok, seq_len=16), 8 * 4, seed=3)
+
+    def args(out: Path, steps: int, decay: int):
+        return training_arguments(out, lr=3e-3, batch=4, accum=1, max_steps=steps, seed=0, schedule="wsd",
+                                  profile=profile, weight_decay=0.0, progress=False, warmup_steps=1, decay_steps=decay)
+
+    at = {4: 16.0, 8: 32.0}
+    branches = branch_points(at, 0.25, warmup_steps=1)
+    assert branches == {3: 4}
+    main = fit(_random_llama(tok), examples, out=tmp_path / "a", args=args(tmp_path / "a", 8, 2), pad_id=0,
+               at_steps=at, unit="tokens", branches=branches,
+               branch=lambda start, final: (_random_llama(tok, seed=9), args(tmp_path / "a", final, final - start)))
+    alone = fit(_random_llama(tok), examples[:16], out=tmp_path / "b", args=args(tmp_path / "b", 4, 1), pad_id=0,
+                at_steps={4: 16.0}, unit="tokens")
+    assert [m["step"] for m in main.saved] == [4, 8]
+    a, b = (load_file(next((tmp_path / d / "checkpoints" / "tokens-16").glob("*.safetensors"))) for d in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main.saved[0]["tokens_seen"] == alone.saved[0]["tokens_seen"] == sum(len(e["input_ids"]) for e in examples[:16])
+    lrs = [h["learning_rate"] for h in main.log_history if "learning_rate" in h]
+    assert lrs.count(3e-3) >= 4 and lrs[-1] < 3e-3  # a stable phase, then the main run's own cooldown
+
+
+def test_a_branch_point_inside_the_warmup_is_refused() -> None:
+    from lorastudy.training import branch_points
+
+    with pytest.raises(ValueError, match="warmup"):
+        branch_points({2: 1.0, 20: 10.0}, 0.5, warmup_steps=2)

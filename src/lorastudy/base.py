@@ -88,7 +88,7 @@ def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> di
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     args = training_arguments(tmp, lr=pre.learning_rate, batch=pre.batch_size, accum=1, max_steps=steps, seed=0,
-                              regime="ift", profile=profile, weight_decay=pre.weight_decay, progress=progress,
+                              schedule="cosine", profile=profile, weight_decay=pre.weight_decay, progress=progress,
                               warmup_ratio=pre.warmup_ratio)
     start = time.perf_counter()
     ckpt = fit(model, examples, out=tmp, args=args, pad_id=tok.pad_token_id, at_steps={}, unit="tokens")

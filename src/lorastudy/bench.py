@@ -77,7 +77,7 @@ def measure(profile_name: str, mode: str, rank: int, batch: int, steps: int) -> 
     if mode.startswith("trainer"):
         with tempfile.TemporaryDirectory() as tmp:
             args = training_arguments(Path(tmp), lr=1e-3, batch=batch, accum=1, max_steps=steps, seed=0,
-                                      regime="ift", profile=profile, weight_decay=0.0, progress=False)
+                                      schedule="cosine", profile=profile, weight_decay=0.0, progress=False)
             trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=PadCollator(0),
                               callbacks=[_Clock(times)])
             trainer.train()

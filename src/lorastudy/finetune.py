@@ -25,7 +25,7 @@ from lorastudy.launch import inside_launcher, train_distributed
 from lorastudy.layout import RunPaths
 from lorastudy.modeling import apply_lora, count_parameters, load_base, set_attention_dropout
 from lorastudy.provenance import provenance
-from lorastudy.training import checkpoint_steps, fit, training_arguments
+from lorastudy.training import branch_points, checkpoint_steps, fit, ordered, training_arguments
 
 
 def load_training_records(profile: Profile, spec: RunSpec) -> list[Record]:
@@ -41,31 +41,53 @@ def train_examples(profile: Profile, spec: RunSpec, tok: Any) -> tuple[list[dict
     return tokenize_ift([to_pair(r, spec.domain) for r in records], tok, t.seq_len), "epochs"
 
 
-def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune one run and write `train.json` last (its presence means the run is trained)."""
-    paths = RunPaths(run_dir)
-    t = profile.training.for_task(spec.domain, spec.regime)
-    phases, mark = {}, time.perf_counter()
-    set_seed(spec.seed)
+def fresh_model(profile: Profile, spec: RunSpec) -> Any:
+    """The run's starting model: the base, its attention dropout, LoRA (initialised from the run's seed)."""
     model, tok = load_base(profile)
     if spec.attention_dropout:
         set_attention_dropout(model, spec.attention_dropout)
     if spec.method == "lora":
         model = apply_lora(model, spec, profile)
+    return model, tok
+
+
+def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune one run and write `train.json` last (its presence means the run is trained).
+
+    Every duration is annealed: one warmup-stable-decay schedule to the longest duration, and for each shorter
+    one a cooldown branch from the shared stable phase (training.branch_points), as the paper's CPT."""
+    paths = RunPaths(run_dir)
+    t = profile.training.for_task(spec.domain, spec.regime)
+    phases, mark = {}, time.perf_counter()
+    set_seed(spec.seed)
+    model, tok = fresh_model(profile, spec)
     phases["load_model"], mark = time.perf_counter() - mark, time.perf_counter()
     examples, unit = train_examples(profile, spec, tok)
     phases["tokenize"] = time.perf_counter() - mark
     if not examples:
         raise ValueError(f"run {spec.run_id}: no training examples from {profile.data[spec.domain][spec.regime].source}")
     durations = t.durations[spec.regime]
-    at_steps = checkpoint_steps(durations, unit, examples, t.batch_size * t.grad_accum * t.num_processes)
+    per_step = t.batch_size * t.grad_accum * t.num_processes
+    at_steps = checkpoint_steps(durations, unit, examples, per_step)
+    max_steps = max(at_steps)
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
-    args = training_arguments(run_dir, lr=spec.learning_rate, batch=t.batch_size, accum=t.grad_accum,
-                              max_steps=max(at_steps), seed=spec.seed, regime=spec.regime, profile=profile,
-                              weight_decay=spec.weight_decay, progress=progress)
+    shutil.rmtree(paths.trainer_dir, ignore_errors=True)
+
+    def arguments(steps: int, decay: int | None = None) -> Any:
+        return training_arguments(run_dir, lr=spec.learning_rate, batch=t.batch_size, accum=t.grad_accum,
+                                  max_steps=steps, seed=spec.seed, schedule="wsd", profile=profile,
+                                  weight_decay=spec.weight_decay, progress=progress,
+                                  warmup_steps=int(t.warmup_ratio * max_steps), decay_steps=decay)
+
+    def branch(start: int, final: int) -> tuple[Any, Any]:
+        return fresh_model(profile, spec)[0], arguments(final, final - start)
+
+    args = arguments(max_steps)
+    branches = branch_points(at_steps, t.cooldown_ratio, args.warmup_steps)
     start = time.perf_counter()
-    ckpt = fit(model, examples, out=run_dir, args=args, pad_id=tok.pad_token_id, at_steps=at_steps, unit=unit,
-               optimizer=t.optimizer)
+    ckpt = fit(model, ordered(examples, max_steps * per_step, spec.seed), out=run_dir, args=args,
+               pad_id=tok.pad_token_id, at_steps=at_steps, unit=unit, optimizer=t.optimizer, branches=branches,
+               branch=branch)
     summary = {
         "status": "diverged" if ckpt.diverged_at is not None else "completed",
         "diverged_at_step": ckpt.diverged_at,
