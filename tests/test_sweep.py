@@ -17,6 +17,7 @@ from lorastudy.config import load_profile
 
 from lorastudy.plan import plan_runs
 from lorastudy.results import collect
+from lorastudy.tuning import runs_to_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "lorastudy.cli"]
@@ -45,7 +46,11 @@ def uninterrupted(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_sweep_runs_every_notebook_and_writes_results(uninterrupted: Path) -> None:
-    runs = plan_runs(load_profile("tiny"))
+    profile = load_profile("tiny")
+    runs = runs_to_train(profile, table(uninterrupted))
+    # of the learning-rate candidates' second seeds, only the rate chosen on validation trained
+    waiting = [s for s in plan_runs(profile) if s.selection == "seed"]
+    assert len(waiting) == 2 and sum((uninterrupted / "runs" / s.run_id).exists() for s in waiting) == 1
     assert (uninterrupted / "base" / "00_base_model.ipynb").is_file()
     for spec in runs:
         d = uninterrupted / "runs" / spec.run_id
