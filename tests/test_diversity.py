@@ -55,11 +55,14 @@ def test_summary_and_verdict() -> None:
     assert summary.loc["LoRA r=8", "unique_share"] == pytest.approx(0.5)
     curves = {name: pass_at_k_curve(r) for name, (_, r) in per.items()}
     verdict = diversity_verdict(summary.reset_index(), curves).set_index("statement")
-    assert verdict.loc["the base gives more distinct completions than LoRA", "ours"]
-    assert verdict.loc["LoRA gives more distinct completions than full FT", "ours"]
+    assert verdict.loc["the base gives more distinct failing completions than LoRA", "ours"]  # 4 vs 1
+    assert verdict.loc["LoRA gives more distinct passing completions than full FT", "ours"]   # 2 vs 1
+    # judged apart: the base has no passing sample, so it is not more diverse among the passing ones
+    assert not verdict.loc["the base gives more distinct passing completions than LoRA", "ours"]
+    assert verdict.loc["LoRA gives more distinct failing completions than full FT", "ours"]  # 1 vs 0
     # full leads by 0.5 at k = 1 and by 1 - 1 = 0 at k = 4: the gap closes
     assert verdict.loc["full FT's pass@k lead over LoRA shrinks as k grows", "ours"]
-    assert verdict.agrees.all()
+    assert verdict.agrees.sum() == len(verdict) - 1
 
 
 def test_verdict_without_runs_says_it_cannot_tell() -> None:

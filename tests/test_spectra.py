@@ -49,7 +49,7 @@ def test_rank_table_on_runs_and_cache(fake, base) -> None:
     ref = spectra.reference_ranks(profile, base=base)
     assert len(ref) == 14 and (ref.base_rank90 > 0).all() and (ref.gaussian_rank90 <= 32).all()
     verdict = spectra.spectra_verdict(table, ref, [8])
-    assert verdict.set_index("statement").loc["LoRA's ΔW needs at most rank r", "ours"]
+    assert "LoRA's ΔW needs at most rank r" not in set(verdict.statement)  # a claim that cannot fail is no claim
 
 
 def test_chapter_tables(fake, base) -> None:

@@ -128,7 +128,9 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
             record(f"learning_{domain}", ids, r["items"]["strict_match"])
         else:
             r = evaluate_code(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
-            metrics.update({f"humaneval_{k}": v for k, v in r.items() if k.startswith(("pass@", "unique_"))})
+            # distinct completions per task mean something only with several samples (chapter 12 draws them)
+            kinds = ("pass@", "unique_") if cfg.n_samples > 1 else ("pass@",)
+            metrics.update({f"humaneval_{k}": v for k, v in r.items() if k.startswith(kinds)})
             record(f"learning_{domain}", ids, r["items"]["pass@1"])
         nll(f"answer_nll_{domain}", domain, test)
         if domain in profile.eval.validation:
