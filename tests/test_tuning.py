@@ -6,7 +6,7 @@ import pytest
 
 from lorastudy.config import ConfigError, load_profile
 from lorastudy.plan import plan_runs
-from lorastudy.tuning import candidates, chosen_rates, keep_chosen, runs_to_train, selection_metric
+from lorastudy.tuning import candidates, chosen_rates, keep_chosen, runs_expected, runs_to_train, selection_metric
 
 PROFILE = load_profile("tiny")
 SELECTING = [s for s in plan_runs(PROFILE) if s.arm == "lora" and s.regime == "ift"]
@@ -73,3 +73,8 @@ def test_selection_needs_validation_data_and_candidates() -> None:
         load_profile("tiny", {"sweep": [arm]})
     with pytest.raises(ConfigError, match="name"):
         load_profile("tiny", {"sweep": [{**arm, "name": "", "learning_rate": [1e-3, 3e-3]}]})
+
+
+def test_estimates_count_one_rate_per_group() -> None:
+    expected = [s for s in runs_expected(PROFILE) if s in SELECTING]
+    assert len(expected) == 3 and sorted(s.seed for s in expected) == [0, 0, 1]  # two candidates, one more seed

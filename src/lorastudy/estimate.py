@@ -16,7 +16,8 @@ from pathlib import Path
 
 from lorastudy.config import DatasetSpec, GenerationEval, Profile
 
-from lorastudy.plan import RunSpec, plan_runs
+from lorastudy.plan import RunSpec
+from lorastudy.tuning import runs_expected
 from lorastudy.memory_model import ModelShapes, llama_shapes
 from lorastudy.paper import PAPER_LORA_THROUGHPUT_RATIO, PAPER_NODE_GPUS, PAPER_NODE_TOKENS_PER_S
 
@@ -167,7 +168,7 @@ def checkpoint_eval_seconds(profile: Profile, domains: list[str], n_params: floa
 def _gpu_estimate(profile: Profile, size: ModelSize) -> list[str]:
     n = size.n_params
     rate, source = mfu(n)
-    runs = plan_runs(profile)
+    runs = runs_expected(profile)
     lines = [f"  base {profile.base.model}: {n / 1e9:.2f}B parameters ({size.source})",
              f"  on {REFERENCE_GPU} ({GPU_PEAK_BF16_FLOPS[REFERENCE_GPU] / 1e12:.0f} TFLOPS bf16 dense): "
              f"MFU {rate:.2f} - {source}"]
@@ -204,7 +205,7 @@ def _gpu_estimate(profile: Profile, size: ModelSize) -> list[str]:
 
 
 def _cpu_estimate(profile: Profile) -> list[str]:
-    runs = plan_runs(profile)
+    runs = runs_expected(profile)
     lines = []
     for regime in ("cpt", "ift"):
         rs = [r for r in runs if r.regime == regime]

@@ -75,3 +75,13 @@ def keep_chosen(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
     keys = [group_key(r) for _, r in df[GROUP].iterrows()]
     ok = [k not in groups or chosen.get(k) == lr for k, lr in zip(keys, df.learning_rate)]
     return df[ok]
+
+
+def runs_expected(profile: Profile) -> list[RunSpec]:
+    """The runs a sweep will train, for estimates before any choice: each selecting group's other seeds counted
+    once (the group's first candidate rate stands in for the one validation will choose)."""
+    first: dict[tuple, float] = {}
+    for s in plan_runs(profile):
+        if s.selection == "candidate":
+            first.setdefault(group_key(s), s.learning_rate)
+    return [s for s in plan_runs(profile) if not awaits_selection(s) or first.get(group_key(s)) == s.learning_rate]
