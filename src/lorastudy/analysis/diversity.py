@@ -205,10 +205,20 @@ def pass_at_k_table(curves: dict[str, pd.DataFrame], n_samples: int) -> pd.DataF
 
 
 # ----------------------------------------------------------------------------- the verdict
+def _more_distinct(statement: str, col: str, a: tuple[str, pd.Series], b: tuple[str, pd.Series],
+                   missing: str) -> dict:
+    """One Fig 5 statement: does `a` give more distinct completions per task (`col`) than `b`?"""
+    (name_a, va), (name_b, vb) = a, b
+    if not len(va) or not len(vb):
+        return claim(statement, True, None, missing)
+    x, y = float(va.mean()), float(vb.mean())
+    return claim(statement, True, bool(x > y), f"{name_a} {x:.2f} vs {name_b} {y:.2f} per task")
+
+
 def diversity_verdict(summary: pd.DataFrame, curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The paper's statements on our samples: base > LoRA > full FT in distinct completions per task, among
-    passing and among failing samples apart (Fig 5, at the low temperature), and full FT's pass@k lead over LoRA smaller at the largest k than at k = 1 (Fig S9;
-    per LoRA rank, the majority decides)."""
+    passing and among failing samples apart (Fig 5, at the low temperature), and full FT's pass@k lead over
+    LoRA smaller at the largest k than at k = 1 (Fig S9; per LoRA rank, the majority decides)."""
     by = summary.set_index("model") if len(summary) else summary
     base, full = by[by.method == "base"], by[by.method == "full"]
     lora = by[by.method == "lora"]
@@ -216,20 +226,11 @@ def diversity_verdict(summary: pd.DataFrame, curves: dict[str, pd.DataFrame]) ->
     # Fig 5 compares passing and failing samples apart: pooled, a model that passes more would look less diverse
     for group in ("passing", "failing"):
         col = f"unique_{group}"
-        if len(base) and len(lora):
-            b, lo = float(base[col].iloc[0]), float(lora[col].mean())
-            out.append(claim(f"the base gives more distinct {group} completions than LoRA", True, bool(b > lo),
-                             f"base {b:.2f} vs LoRA (mean over ranks) {lo:.2f} per task"))
-        else:
-            out.append(claim(f"the base gives more distinct {group} completions than LoRA", True, None,
-                             "needs LoRA runs"))
-        if len(full) and len(lora):
-            f, lo = float(full[col].iloc[0]), float(lora[col].mean())
-            out.append(claim(f"LoRA gives more distinct {group} completions than full FT", True, bool(lo > f),
-                             f"LoRA (mean over ranks) {lo:.2f} vs full {f:.2f} per task"))
-        else:
-            out.append(claim(f"LoRA gives more distinct {group} completions than full FT", True, None,
-                             "needs full FT and LoRA"))
+        out.append(_more_distinct(f"the base gives more distinct {group} completions than LoRA", col,
+                                  ("base", base[col].iloc[:1]), ("LoRA (mean over ranks)", lora[col]), "needs LoRA runs"))
+        out.append(_more_distinct(f"LoRA gives more distinct {group} completions than full FT", col,
+                                  ("LoRA (mean over ranks)", lora[col]), ("full", full[col].iloc[:1]),
+                                  "needs full FT and LoRA"))
     if len(full) and len(lora):
         full_curve = curves.get(full.index[0])
         gaps = []
