@@ -27,12 +27,11 @@ from lorastudy.layout import BASE_ID, Layout, RunPaths
 from lorastudy.modeling import device, load_base, load_finetuned, profile_tokenizer
 
 
-def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
-                  out_dir: Path | None = None) -> dict[str, Any]:
-    """GSM8K-style: k-shot prompts, greedy by default, strict and flexible extraction; per-item results."""
-    problems = load_spec(profile, cfg.dataset)
-    shots = _math_shots(profile, cfg)
-    texts = [prompts.math_fewshot(p.question, shots) for p in problems]
+def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, problems: list[MathProblem], *,
+                  progress: bool = True, out_dir: Path | None = None) -> dict[str, Any]:
+    """GSM8K-style (on cfg.dataset's `problems`): k-shot prompts, greedy by default, strict and flexible
+    extraction; per-item results."""
+    texts = [prompt for prompt, _ in reference_answers(profile, "math", problems)[1]]
     comps = generate_for(model, tok, texts, cfg, prompts.MATH_STOP, progress, "math")
     preds = [{"idx": i, "question": p.question, "completion": c[0]} for i, (p, c) in enumerate(zip(problems, comps))]
     scored = score_gsm8k(preds, problems)
@@ -72,11 +71,10 @@ def _math_shots(profile: Profile, cfg: GenerationEval) -> list[tuple[str, str]]:
     return shots
 
 
-def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, *, progress: bool = True,
+def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, tasks: list[Any], *, progress: bool = True,
                   out_dir: Path | None = None) -> dict[str, Any]:
-    """HumanEval-style: n samples per task, each run in the sandbox; pass@k, unique completions, per-task
-    pass rates (the per-item pass@1)."""
-    tasks = load_spec(profile, cfg.dataset)
+    """HumanEval-style (on cfg.dataset's `tasks`): n samples per task, each run in the sandbox; pass@k, unique
+    completions, per-task pass rates (the per-item pass@1)."""
     comps = generate_for(model, tok, [t.prompt for t in tasks], cfg, prompts.CODE_STOP, progress, "code")
     samples = [{"task_id": t.task_id, "completion": c} for t, cs in zip(tasks, comps) for c in cs]
     result = evaluate_samples(samples, {t.task_id: t for t in tasks}, ks=tuple(cfg.ks), timeout=cfg.timeout,
@@ -122,12 +120,12 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
         test = load_spec(profile, cfg.dataset)
         ids = reference_answers(profile, domain, test)[0]
         if domain == "math":
-            r = evaluate_math(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
+            r = evaluate_math(model, tok, cfg, profile, test, progress=progress, out_dir=out_dir)
             record("gsm8k_strict_match", ids, r["items"]["strict_match"])
             record("gsm8k_flexible_extract", ids, r["items"]["flexible_extract"])
             record(f"learning_{domain}", ids, r["items"]["strict_match"])
         else:
-            r = evaluate_code(model, tok, cfg, profile, progress=progress, out_dir=out_dir)
+            r = evaluate_code(model, tok, cfg, test, progress=progress, out_dir=out_dir)
             # distinct completions per task mean something only with several samples (chapter 12 draws them)
             kinds = ("pass@", "unique_") if cfg.n_samples > 1 else ("pass@",)
             metrics.update({f"humaneval_{k}": v for k, v in r.items() if k.startswith(kinds)})
