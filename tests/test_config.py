@@ -28,9 +28,12 @@ def test_shipped_profiles_validate_and_plan(name: str) -> None:
 def test_run_ids_are_stable_and_descriptive() -> None:
     runs = plan_runs(load_profile("mini"))
     assert [r.run_id for r in runs] == [r.run_id for r in plan_runs(load_profile("mini"))]
-    lora = next(r for r in runs if r.method == "lora" and r.lora_rank == 16)
-    assert lora.lora_alpha == 32  # alpha defaults to 2r, as in the paper
-    assert "r16" in lora.run_id and "a32" in lora.run_id and lora.run_id.endswith("s0")
+    lora = next(r for r in runs if r.method == "lora" and r.lora_rank == 8 and r.arm == "lora")
+    assert lora.lora_alpha == 16  # alpha defaults to 2r, as in the paper
+    assert "r8" in lora.run_id and "a16" in lora.run_id and lora.run_id.endswith("s0")
+    lion = [r for r in runs if r.optimizer == "lion"]
+    assert lion and all(r.run_id.endswith("-lion-s0") for r in lion)  # the optimizer is in the id when not AdamW
+    assert not any("adamw" in r.run_id for r in runs)  # and ids of AdamW runs are as before
 
 
 def _bad_profile(tmp_path: Path, **arm: object) -> Path:

@@ -192,6 +192,7 @@ class Arm(_Strict):
     weight_decay: list[NonNegativeFloat] | None = None
     attention_dropout: list[NonNegativeFloat] | None = None
     use_rslora: list[bool] | None = None
+    optimizer: list[Literal["adamw", "lion"]] | None = None  # None: training.optimizer (Fig S2 crosses both)
     seed: list[int] | None = None
     # learning_rate lists candidates: each trains with the first seed, the best on validation trains the rest
     # (lorastudy.tuning)

@@ -86,7 +86,7 @@ def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool 
     branches = branch_points(at_steps, t.cooldown_ratio, args.warmup_steps)
     start = time.perf_counter()
     ckpt = fit(model, ordered(examples, max_steps * per_step, spec.seed), out=run_dir, args=args,
-               pad_id=tok.pad_token_id, at_steps=at_steps, unit=unit, optimizer=t.optimizer, branches=branches,
+               pad_id=tok.pad_token_id, at_steps=at_steps, unit=unit, optimizer=spec.optimizer, branches=branches,
                branch=branch)
     summary = {
         "status": "diverged" if ckpt.diverged_at is not None else "completed",

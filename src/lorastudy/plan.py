@@ -25,6 +25,7 @@ class RunSpec:
     weight_decay: float = 0.0
     attention_dropout: float = 0.0
     use_rslora: bool = False
+    optimizer: str = "adamw"
     arm: str = field(default="", compare=False)
     # "" or, in an arm that chooses its learning rate on validation (lorastudy.tuning): "candidate" (the first
     # seed, trained at every rate) or "seed" (another seed, trained only at the chosen rate)
@@ -42,6 +43,8 @@ class RunSpec:
             parts.append(f"wd{self.weight_decay:g}")
         if self.attention_dropout:
             parts.append(f"do{self.attention_dropout:g}")
+        if self.optimizer != "adamw":
+            parts.append(self.optimizer)
         parts.append(f"s{self.seed}")
         return "-".join(parts)
 
@@ -58,11 +61,12 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
         grid = itertools.product(
             arm.domain, arm.regime, arm.method, arm.learning_rate, seeds,
             arm.weight_decay or [t.weight_decay], arm.attention_dropout or [t.attention_dropout],
+            arm.optimizer or [t.optimizer],
         )
-        for domain, regime, method, lr, seed, wd, do in grid:
+        for domain, regime, method, lr, seed, wd, do, opt in grid:
             role = "" if not arm.select_learning_rate else "candidate" if seed == seeds[0] else "seed"
             common = dict(domain=domain, regime=regime, method=method, learning_rate=lr, seed=seed,
-                          weight_decay=wd, attention_dropout=do, arm=arm.name, selection=role)
+                          weight_decay=wd, attention_dropout=do, optimizer=opt, arm=arm.name, selection=role)
             if method == "full":
                 specs = [RunSpec(**common)]
             else:

@@ -13,7 +13,7 @@ from lorastudy.io import atomic_path, read_json
 from lorastudy.layout import BASE_ID, Layout
 
 RUN_COLUMNS = ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
-               "weight_decay", "attention_dropout", "use_rslora", "seed", "arm"]
+               "weight_decay", "attention_dropout", "use_rslora", "optimizer", "seed", "arm"]
 COLUMNS = [*RUN_COLUMNS, "status", "checkpoint", "duration_unit", "duration", "tokens_seen", "step", "metric", "value"]
 
 

@@ -15,7 +15,7 @@ from lorastudy.config import Profile
 from lorastudy.plan import RunSpec, plan_runs
 
 GROUP = ["arm", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "weight_decay",
-         "attention_dropout", "use_rslora"]
+         "attention_dropout", "use_rslora", "optimizer"]
 
 
 def selection_metric(domain: str) -> str:

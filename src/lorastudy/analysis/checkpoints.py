@@ -28,7 +28,7 @@ __all__ = ["RUN_FIELDS", "CKPT_FIELDS", "base_identity", "same_base", "finished_
            "fingerprint", "cached", "per_checkpoint", "weight_measure"]
 
 RUN_FIELDS = ["run_id", "arm", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules",
-              "learning_rate", "weight_decay", "attention_dropout", "use_rslora", "seed"]
+              "learning_rate", "weight_decay", "attention_dropout", "use_rslora", "optimizer", "seed"]
 CKPT_FIELDS = ["checkpoint", "duration", "duration_unit", "tokens_seen", "step"]
 BASE_IDENTITY = ("kind", "model", "revision", "world", "architecture", "pretrain")  # what decides the base weights
 

@@ -58,6 +58,7 @@ def panel_rows(df: pd.DataFrame, domain: str = "code", regime: str = "ift") -> p
     w["weight_decay"] = w.weight_decay.fillna(0.0)
     w["attention_dropout"] = w.attention_dropout.fillna(0.0)
     w["use_rslora"] = w.use_rslora.map(lambda v: str(v).lower() in {"true", "1", "1.0"})
+    w["optimizer"] = w.optimizer.fillna("adamw") if "optimizer" in w else "adamw"  # tables before Fig S2's arm
     return w
 
 
@@ -88,8 +89,8 @@ def close_to(values: pd.Series, target: float | None) -> pd.Series:
 
 
 def plain(rows: pd.DataFrame) -> pd.Series:
-    """Runs without weight decay or attention dropout."""
-    return (rows.weight_decay == 0) & (rows.attention_dropout == 0)
+    """Runs without weight decay or attention dropout, trained with AdamW (the main grid's optimizer)."""
+    return (rows.weight_decay == 0) & (rows.attention_dropout == 0) & (rows.optimizer == "adamw")
 
 
 def default_alpha(rows: pd.DataFrame, alpha_ratio: float) -> pd.Series:
