@@ -53,19 +53,22 @@ def test_summary_and_verdict() -> None:
     assert summary.loc["base", "unique_all"] == 4 and summary.loc["LoRA r=8", "unique_all"] == 2
     assert summary.loc["full", "unique_passing"] == 1 and summary.loc["full", "pass@1"] == 1.0
     assert summary.loc["LoRA r=8", "unique_share"] == pytest.approx(0.5)
-    curves = {name: pass_at_k_curve(r) for name, (_, r) in per.items()}
-    verdict = diversity_verdict(summary.reset_index(), curves).set_index("statement")
-    assert verdict.loc["the base gives more distinct failing completions than LoRA", "ours"]  # 4 vs 1
-    assert verdict.loc["LoRA gives more distinct passing completions than full FT", "ours"]   # 2 vs 1
-    # judged apart: the base has no passing sample, so it is not more diverse among the passing ones
-    assert not verdict.loc["the base gives more distinct passing completions than LoRA", "ours"]
-    assert verdict.loc["LoRA gives more distinct failing completions than full FT", "ours"]  # 1 vs 0
+    verdict = diversity_verdict(per).set_index("statement")
+    v = verdict.verdict
+    assert v["the base gives more distinct failing completions than LoRA"] == "agrees"  # 4 vs 2 on every task
+    assert v["LoRA gives more distinct passing completions than full FT"] == "agrees"   # 2 vs 1
+    # judged apart: the base has no passing sample, so it is less diverse among the passing ones
+    assert v["the base gives more distinct passing completions than LoRA"] == "disagrees"
+    assert v["LoRA gives more distinct failing completions than full FT"] == "agrees"  # 2 vs 0
     # full leads by 0.5 at k = 1 and by 1 - 1 = 0 at k = 4: the gap closes
-    assert verdict.loc["full FT's pass@k lead over LoRA shrinks as k grows", "ours"]
-    assert verdict.agrees.sum() == len(verdict) - 1
+    assert v["full FT's pass@k lead over LoRA shrinks as k grows"] == "agrees"
+    assert verdict.loc["full FT's pass@k lead over LoRA shrinks as k grows", "estimate"] == pytest.approx(0.5)
+    # a tie on every task is no direction
+    same = {"full": per["full"], "LoRA r=8": (subjects["LoRA r=8"], full)}
+    tie = diversity_verdict(same).set_index("statement")
+    assert tie.loc["LoRA gives more distinct passing completions than full FT", "verdict"] == "cannot tell"
 
 
 def test_verdict_without_runs_says_it_cannot_tell() -> None:
-    summary = diversity_summary({"base": (Subject("base", "base", "base"), [rec("A", "x", False)])})
-    verdict = diversity_verdict(summary, {})
-    assert verdict.ours.isna().all() and isinstance(verdict, pd.DataFrame)
+    verdict = diversity_verdict({"base": (Subject("base", "base", "base"), [rec("A", "x", False)])})
+    assert (verdict.verdict == "cannot tell").all() and verdict.estimate.isna().all()

@@ -61,3 +61,41 @@ def test_mismatched_arms_are_refused() -> None:
         difference([np.ones((1, 5))], [np.ones((1, 5)), np.ones((1, 5))])
     with pytest.raises(ValueError, match="direction"):
         verdict(Interval(0.1, 0.05, 0.2, (1, 1), 5), 0)
+
+
+# ----------------------------------------------------------------------------- forgetting at matched learning
+def _arm_items(run: str, points: list[tuple[float, float, float]], n: int = 200) -> list[dict]:
+    """Per-item rows of one run: at each (duration, learning, forgetting) a share of items right."""
+    rows = []
+    for duration, learn, keep in points:
+        ckpt = f"d{duration:g}"
+        for metric, share in [("learning_code", learn), ("a_acc", keep), ("b_acc", keep)]:
+            rows += [{"run_id": run, "checkpoint": ckpt, "duration": duration, "metric": metric, "item": f"{metric}{i}",
+                      "value": float(i < round(share * n))} for i in range(n)]
+    return rows
+
+
+def _matched(lora_points: list[tuple[float, float, float]]):
+    import pandas as pd
+
+    from lorastudy.analysis.learning_forgetting import matched_forgetting
+    rows = (_arm_items("base", [(0, 0.0, 1.0)]) + _arm_items("full", [(1, 0.4, 0.8), (2, 0.8, 0.6)])
+            + _arm_items("lora", lora_points))
+    items = pd.DataFrame(rows)
+    cells = {r: items[items.run_id == r][["run_id", "checkpoint", "duration"]].drop_duplicates() for r in ("base", "full", "lora")}
+    return matched_forgetting(items.drop(columns="duration"), cells["full"], cells["lora"], cells["base"],
+                              "learning_code", ["a_acc", "b_acc"], n_boot=300)
+
+
+def test_matched_learning_separates_forgets_less_from_learns_less() -> None:
+    # LoRA on full FT's own trade-off line (forgetting = 1 - learning / 2), only shorter: it "forgets less" at
+    # equal duration, yet at the same learning (0.4) both keep 0.8 - no direction
+    iv, level = _matched([(1, 0.2, 0.9), (2, 0.4, 0.8)])
+    assert level == pytest.approx(0.4)
+    assert iv.estimate == pytest.approx(0.0, abs=1e-9) and verdict(iv, +1) == CANNOT_TELL
+    # LoRA above the line: at learning 0.4 it keeps 0.95 against full FT's 0.8
+    iv, _ = _matched([(1, 0.2, 0.95), (2, 0.4, 0.95)])
+    assert iv.estimate == pytest.approx(0.15, abs=1e-9) and verdict(iv, +1) == AGREES
+    # nothing learned by LoRA: no level above the base to match on
+    iv, _ = _matched([(1, 0.0, 1.0), (2, 0.0, 1.0)])
+    assert iv is None

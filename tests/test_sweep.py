@@ -110,10 +110,13 @@ def test_claims_command_gives_verdicts_consistent_with_intervals(uninterrupted: 
     assert list(claims.columns) == ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds",
                                     "n_items", "verdict", "paper"]
     assert len(claims) > 0 and claims.claim.is_unique
-    excludes_zero = (claims.ci_low > 0) | (claims.ci_high < 0)
+    excludes_zero = (claims.ci_low > 0) | (claims.ci_high < 0)  # False where untestable (no interval)
     assert (claims.verdict[~excludes_zero] == "cannot tell").all()
     assert claims.verdict[excludes_zero].isin(["agrees", "disagrees"]).all()
-    assert ((claims.ci_low <= claims.estimate + 1e-9) & (claims.estimate <= claims.ci_high + 1e-9)).all()
+    assert (claims.ci_low <= claims.ci_high)[claims.estimate.notna()].all()
+    main = claims[~claims.claim.str.startswith("matched/")]  # a difference of means lies inside its interval
+    assert ((main.ci_low <= main.estimate + 1e-9) & (main.estimate <= main.ci_high + 1e-9)).all()
+    assert {c.split("/")[0] for c in claims.claim} >= {"full-learns-more", "lora-forgets-less", "matched"}
 
 
 KILL_RUNS = ["math-cpt-full-lr0.001-s0", "code-ift-lora-r8-a16-all-lr0.003-s0", "code-ift-full-lr0.001-wd0.1-s0"]

@@ -64,6 +64,9 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
         write_text(src / "runs" / "index.md", _runs_index(profile_name, list(runs)))
 
     write_text(src / "results.md", _results_page(profile_name, layout.results_table, results, src))
+    if layout.claims_table.is_file():  # the landing page reads the same claims table as the chapters
+        with (src / "intro.md").open("a", encoding="utf-8") as f:
+            f.write(_claims_section(profile_name, pd.read_csv(layout.claims_table)))
     toc = _toc([p for p in PAGES_BEFORE if (src / f"{p}.md").is_file()],
                chapters,
                [p for p in PAGES_AFTER if (src / f"{p}.md").is_file()],
@@ -198,6 +201,19 @@ def _toc(before: list[str], chapters: list[str], after: list[str], base: str | N
     if appendix:
         parts.append({"caption": "Appendix", "chapters": appendix})
     return {"format": "jb-book", "root": "intro", "parts": parts}
+
+
+def _claims_section(profile_name: str, claims: pd.DataFrame) -> str:
+    """The landing page's answer: the headline claims of this profile's runs with their intervals and verdicts."""
+    from lorastudy.analysis.claims import claims_of, verdict_text
+
+    main = claims_of(claims, "main")
+    table = main[["statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds", "verdict", "paper"]]
+    return (f"\n\n## What our runs say (`{profile_name}`)\n\n{verdict_text(main, 'headline claims')} Each row is a "
+            "difference at the longest duration of its panel with a 95% interval (chapter 10); `paper` is the same "
+            "difference on the paper's tables at the rank with the same share of the width. Every claim, with "
+            f"matched-learning and extra-arm ones, is in `lorastudy claims {profile_name}`.\n\n"
+            + table.to_markdown(index=False, floatfmt=".3f") + "\n")
 
 
 def _run_page(run_id: str, results: pd.DataFrame | None, run_dir: Path) -> str:

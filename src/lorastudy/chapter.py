@@ -15,7 +15,7 @@ from lorastudy.plan import RunSpec, resolve_run
 from lorastudy.figures.style import style
 from lorastudy.layout import Layout, RunPaths
 from lorastudy.paper import paper_tables
-from lorastudy.results import collect
+from lorastudy.results import collect, collect_items
 
 
 @dataclass
@@ -48,6 +48,12 @@ class Chapter:
     def results(self) -> pd.DataFrame:
         """The long results table of every finished run, the base and released checkpoints."""
         return collect(self.profile, self.out)
+
+    @cached_property
+    def items(self) -> pd.DataFrame:
+        """Per-item results (run, checkpoint, metric, item, value): the sweep's table, else collected."""
+        table = self.layout.items_table
+        return pd.read_parquet(table) if table.is_file() else collect_items(self.profile, self.out)
 
     @cached_property
     def paper(self) -> pd.DataFrame:

@@ -202,5 +202,10 @@ class Layout:
         return self.root / "items.parquet"
 
     @property
+    def claims_table(self) -> Path:
+        """Every claim with its interval and verdict (`lorastudy claims`), computed once from the two above."""
+        return self.root / "claims.csv"
+
+    @property
     def book_source(self) -> Path:
         return self.root / "book_src"

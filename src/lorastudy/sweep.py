@@ -158,7 +158,12 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
         print(f"[released] evaluating {len(profile.released)} released checkpoints")
         evaluate_released(profile, out_root)
     write_table(collect(profile, out_root), layout.results_table)
-    write_table(collect_items(profile, out_root), layout.items_table)
+    items = collect_items(profile, out_root)
+    write_table(items, layout.items_table)
+    if len(items):
+        from lorastudy.analysis.claims import compute_claims  # bootstraps: only once the results are in
+
+        write_table(compute_claims(profile, out_root), layout.claims_table)
     if report.failed and not continue_on_error:
         raise RunFailed(f"{len(report.failed)} run(s) failed: " + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
     if analyses:

@@ -9,34 +9,79 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorastudy.analysis.learning_forgetting import main_claims
+from lorastudy.analysis.arm_claims import arm_claims
+from lorastudy.analysis.intervals import AGREES, CANNOT_TELL, DISAGREES
+from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS, main_claims, matched_claims
 from lorastudy.config import Profile
 from lorastudy.layout import Layout
 from lorastudy.paper import paper_tables
 from lorastudy.results import collect, collect_items
 
-EXTENDED_PROFILE = "mini-extended"  # the profile that runs every arm of the regularisation and sensitivity chapters
-
-
 def not_run(what: str) -> str:
     """The markdown note a chapter shows where runs are missing (one wording for every chapter)."""
-    return (f"**{what}: not run in this profile** — run `make reproduce PROFILE={EXTENDED_PROFILE}` "
-            "(or a profile with these runs) to add it.")
+    return (f"**{what}: not run in this profile** — the default profile `mini` runs every arm "
+            "(`make mini`); add the arm to this profile's sweep to fill it.")
 
 
 def claim(statement: str, paper: bool, ours: bool | None, detail: str) -> dict:
-    """One row of a chapter's verdict table: the paper's statement, ours (None = cannot tell), agreement."""
-    return {"statement": statement, "paper": paper, "ours": ours,
-            "agrees": None if ours is None else bool(ours == paper), "detail": detail}
+    """One row of a measurement chapter's verdict table (spectra, memory, beyond: deterministic measures, no
+    items to resample): the paper's statement, ours (None = cannot tell) and the three-way verdict."""
+    word = CANNOT_TELL if ours is None else AGREES if bool(ours) == bool(paper) else DISAGREES
+    return {"statement": statement, "paper": paper, "ours": ours, "verdict": word, "detail": detail}
 
 
 def claims_table(profile: Profile, out_root: Path) -> pd.DataFrame:
-    """Every claim with an interval, one row each (analysis.learning_forgetting.CLAIM_COLUMNS), from the
-    sweep's results and per-item tables (collected from the runs when the sweep has not written them)."""
+    """Every claim with an interval, one row each (analysis.learning_forgetting.CLAIM_COLUMNS): the sweep's
+    claims.csv when it is newer than the results it comes from, else computed now."""
+    layout = Layout(out_root)
+    cache, sources = layout.claims_table, [layout.results_table, layout.items_table]
+    if cache.is_file() and all(p.is_file() and p.stat().st_mtime <= cache.stat().st_mtime for p in sources):
+        return pd.read_csv(cache)
+    return compute_claims(profile, out_root)
+
+
+def compute_claims(profile: Profile, out_root: Path) -> pd.DataFrame:
+    """The main grid's claims at the chosen rates, forgetting at matched learning, the main claims again with
+    LoRA at its other candidate rate, and the extra arms' claims, from the sweep's results and per-item tables
+    (collected from the runs when the sweep has not written them)."""
     layout = Layout(out_root)
     df = pd.read_csv(layout.results_table) if layout.results_table.is_file() else collect(profile, out_root)
     items = (pd.read_parquet(layout.items_table) if layout.items_table.is_file()
              else collect_items(profile, out_root))
     if items.empty:
         raise FileNotFoundError(f"no per-item results under {out_root}: run `lorastudy sweep {profile.name}` first")
-    return main_claims(df, items, profile, paper_tables())
+    paper = paper_tables()
+    parts = [main_claims(df, items, profile, paper), matched_claims(df, items, profile),
+             main_claims(df, items, profile, paper, lora_rate="other"), arm_claims(df, items, profile)]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CLAIM_COLUMNS)
+
+
+MAIN_KINDS = ("full-learns-more", "lora-forgets-less", "cpt-learns", "cpt-learns-nll")
+
+
+def kind(claim_id: str) -> str:
+    """A claim's family: 'main' (the headline claims at the chosen rates), else its id's first part
+    ('matched', 'other-rate', 'fig4', 'fig7', 'figS3')."""
+    head = claim_id.split("/")[0]
+    return "main" if head in MAIN_KINDS else head
+
+
+def claims_of(table: pd.DataFrame, family: str) -> pd.DataFrame:
+    """The rows of one family (see `kind`), index reset."""
+    return table[[kind(c) == family for c in table.claim]].reset_index(drop=True)
+
+
+def verdict_text(table: pd.DataFrame, what: str = "claims") -> str:
+    """One sentence counting the verdicts of these claims, naming the ones that disagree (markdown)."""
+    if table.empty:
+        return f"No {what} in this profile's runs."
+    counts = table.verdict.value_counts()
+    parts = [f"{counts.get(v, 0)} {v}" for v in ("agrees", "disagrees", "cannot tell")]
+    text = f"Of {len(table)} {what}, " + ", ".join(parts) + "."
+    against = table[table.verdict == "disagrees"]
+    if len(against):
+        text += " Against the paper: " + "; ".join(f"{s} ({p}: {e:+.3f} [{lo:+.3f}, {hi:+.3f}])" for s, p, e, lo, hi in
+                                                 zip(against.statement, against.panel, against.estimate,
+                                                     against.ci_low, against.ci_high)) + "."
+    return text

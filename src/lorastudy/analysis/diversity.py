@@ -21,7 +21,7 @@ import pandas as pd
 
 from lorastudy.analysis.checkpoints import (finished_runs, fingerprint, load_base_on_device, load_checkpoint,
                                             missing_runs_note, run_checkpoints)
-from lorastudy.analysis.claims import claim
+from lorastudy.analysis.intervals import CANNOT_TELL, difference, verdict
 from lorastudy.config import Profile
 from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
@@ -205,49 +205,75 @@ def pass_at_k_table(curves: dict[str, pd.DataFrame], n_samples: int) -> pd.DataF
 
 
 # ----------------------------------------------------------------------------- the verdict
-def _more_distinct(statement: str, col: str, a: tuple[str, pd.Series], b: tuple[str, pd.Series],
-                   missing: str) -> dict:
-    """One Fig 5 statement: does `a` give more distinct completions per task (`col`) than `b`?"""
-    (name_a, va), (name_b, vb) = a, b
-    if not len(va) or not len(vb):
-        return claim(statement, True, None, missing)
-    x, y = float(va.mean()), float(vb.mean())
-    return claim(statement, True, bool(x > y), f"{name_a} {x:.2f} vs {name_b} {y:.2f} per task")
+VERDICT_COLUMNS = ["statement", "estimate", "ci_low", "ci_high", "n_tasks", "verdict", "detail"]
 
 
-def diversity_verdict(summary: pd.DataFrame, curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The paper's statements on our samples: base > LoRA > full FT in distinct completions per task, among
-    passing and among failing samples apart (Fig 5, at the low temperature), and full FT's pass@k lead over
-    LoRA smaller at the largest k than at k = 1 (Fig S9; per LoRA rank, the majority decides)."""
-    by = summary.set_index("model") if len(summary) else summary
-    base, full = by[by.method == "base"], by[by.method == "full"]
-    lora = by[by.method == "lora"]
+def _per_task(per_subject: PerSubject, labels: Sequence[str], col: str) -> np.ndarray:
+    """(models, tasks) values of one unique_counts column, tasks in one shared order."""
+    tables = [unique_counts(per_subject[label][1]).set_index("task_id")[col] for label in labels]
+    tasks = sorted(set.intersection(*(set(t.index) for t in tables)))
+    return np.stack([t.loc[tasks].to_numpy(dtype=float) for t in tables])
+
+
+def _compare(statement: str, a: np.ndarray, b: np.ndarray, names: tuple[str, str], seed: int) -> dict:
+    """mean(a) - mean(b) over tasks (paired) with a bootstrap interval; rows of an arm (LoRA's ranks) resampled
+    like seeds. Agrees with the paper (a > b) only when the interval excludes zero."""
+    iv = difference([a], [b], seed=seed)
+    return {"statement": statement, "estimate": iv.estimate, "ci_low": iv.low, "ci_high": iv.high,
+            "n_tasks": iv.n_items, "verdict": verdict(iv, +1),
+            "detail": f"{names[0]} {a.mean():.2f} vs {names[1]} {b.mean():.2f} per task"}
+
+
+def _untested(statement: str, why: str) -> dict:
+    return {"statement": statement, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_tasks": 0,
+            "verdict": CANNOT_TELL, "detail": why}
+
+
+def _passk_per_task(records: Records, k: int) -> pd.Series:
+    counts = unique_counts(records).set_index("task_id")
+    return pd.Series([pass_at_k(int(n), int(c), k) for n, c in zip(counts.n, counts.n_passing)], index=counts.index)
+
+
+def diversity_verdict(per_subject: PerSubject, high: PerSubject | None = None) -> pd.DataFrame:
+    """The paper's statements on our samples, each with a 95% interval over tasks (paired between models):
+    base > LoRA > full FT in distinct completions per task, among passing and among failing samples apart
+    (Fig 5, at the low temperature), and full FT's pass@k lead over LoRA smaller at the largest k than at
+    k = 1 (Fig S9, on `high`: the samples at the higher temperature; default `per_subject`). LoRA is the mean
+    over its ranks."""
+    high = per_subject if high is None else high
+    by_method: dict[str, list[str]] = {}
+    for label, (subject, records) in per_subject.items():
+        if records:
+            by_method.setdefault(subject.method, []).append(label)
+    base, full, lora = (by_method.get(m, []) for m in ("base", "full", "lora"))
     out = []
     # Fig 5 compares passing and failing samples apart: pooled, a model that passes more would look less diverse
     for group in ("passing", "failing"):
         col = f"unique_{group}"
-        out.append(_more_distinct(f"the base gives more distinct {group} completions than LoRA", col,
-                                  ("base", base[col].iloc[:1]), ("LoRA (mean over ranks)", lora[col]), "needs LoRA runs"))
-        out.append(_more_distinct(f"LoRA gives more distinct {group} completions than full FT", col,
-                                  ("LoRA (mean over ranks)", lora[col]), ("full", full[col].iloc[:1]),
-                                  "needs full FT and LoRA"))
-    if len(full) and len(lora):
-        full_curve = curves.get(full.index[0])
-        gaps = []
-        for name in lora.index:
-            c = curves.get(name)
-            if c is not None and full_curve is not None and len(c) and len(full_curve):
-                k_max = int(min(c.k.max(), full_curve.k.max()))
-                at = lambda d, k: float(d.loc[d.k == k, "pass@k"].iloc[0])  # noqa: E731
-                gaps.append((name, at(full_curve, 1) - at(c, 1), at(full_curve, k_max) - at(c, k_max), k_max))
-        if gaps and gaps[0][3] > 1:
-            # full FT's lead (full − LoRA) shrinks with k; a LoRA curve that overtakes full FT counts as closing
-            closes = [g_max < g1 for _, g1, g_max, _ in gaps]
-            moved = any(g1 != g_max for _, g1, g_max, _ in gaps)
-            detail = "; ".join(f"{n}: full − LoRA {g1:+.3f} at k=1, {gm:+.3f} at k={k}" for n, g1, gm, k in gaps)
-            out.append(claim(PASSK_CLAIM, True, bool(np.mean(closes) > 0.5) if moved else None, detail))
+        for (name_a, a), (name_b, b) in ((("base", base[:1]), ("LoRA (mean over ranks)", lora)),
+                                         (("LoRA (mean over ranks)", lora), ("full", full[:1]))):
+            statement = f"{'the base gives' if name_a == 'base' else 'LoRA gives'} more distinct {group} completions than {'LoRA' if name_b.startswith('LoRA') else 'full FT'}"
+            if not a or not b:
+                out.append(_untested(statement, f"needs {name_a} and {name_b} samples"))
+                continue
+            values = _per_task(per_subject, [*a, *b], col)
+            out.append(_compare(statement, values[:len(a)], values[len(a):], (name_a, name_b), seed=len(out)))
+    if full and lora:
+        n_min = min(int(unique_counts(high[x][1]).n.min()) if high.get(x) and high[x][1] else 0
+                    for x in [*full[:1], *lora])
+        if n_min > 1:
+            # full FT's lead (full - LoRA) at k = 1 minus its lead at the largest k: positive when it shrinks
+            def drop(label: str) -> pd.Series:
+                records = high[label][1]
+                return _passk_per_task(records, 1) - _passk_per_task(records, n_min)
+            tasks = sorted(set.intersection(*(set(drop(x).index) for x in [*full[:1], *lora])))
+            a = np.stack([drop(full[0]).loc[tasks].to_numpy()])
+            b = np.stack([drop(x).loc[tasks].to_numpy() for x in lora])
+            row = _compare(PASSK_CLAIM, a, b, ("full FT's pass@1 - pass@k", "LoRA's"), seed=len(out))
+            row["detail"] = f"k = {n_min}: " + row["detail"]
+            out.append(row)
         else:
-            out.append(claim(PASSK_CLAIM, True, None, "needs n > 1 samples"))
+            out.append(_untested(PASSK_CLAIM, "needs n > 1 samples"))
     else:
-        out.append(claim(PASSK_CLAIM, True, None, "needs full FT and LoRA"))
-    return pd.DataFrame(out)
+        out.append(_untested(PASSK_CLAIM, "needs full FT and LoRA"))
+    return pd.DataFrame(out, columns=VERDICT_COLUMNS)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.intervals import Interval, difference, verdict
+from lorastudy.analysis.intervals import CANNOT_TELL, Interval, difference, verdict
 from lorastudy.config import Profile
 from lorastudy.layout import BASE_ID
 from lorastudy.paper import PAPER_HIDDEN_SIZE
-from lorastudy.tuning import keep_chosen
+from lorastudy.tuning import GROUP, candidates, keep_chosen
 
 MAIN_ARMS = ("full", "lora")  # the sweep arms of the main grid (regularisation and sensitivity arms are apart)
 
@@ -78,42 +78,203 @@ def _row(claim: str, statement: str, panel: str, iv: Interval, expected: int, pa
             "verdict": verdict(iv, expected), "paper": paper}
 
 
-def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: pd.DataFrame) -> pd.DataFrame:
+def _main_runs(df: pd.DataFrame) -> pd.DataFrame:
+    return df[(df.method != "base") & df.arm.isin(MAIN_ARMS) & (df.status == "completed")]
+
+
+def other_rate_runs(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the main grid's candidate runs at the rate validation did not choose (seed 0 only)."""
+    table = candidates(profile, df)
+    decided = table.groupby(GROUP, dropna=False, sort=False).chosen.transform("any")
+    other = set(table[decided & ~table.chosen].run_id)
+    runs = _main_runs(df)
+    return runs[runs.run_id.isin(other)]
+
+
+def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: pd.DataFrame,
+                lora_rate: str = "chosen") -> pd.DataFrame:
     """The paper's headline claims per panel at its longest duration, with intervals: full FT learns more than
     each LoRA rank, each LoRA rank forgets less than full FT, and (CPT) full FT learns beyond the base.
-    The paper's number is the same difference on its Tables S1-S8, at the rank with the same share of the width."""
-    runs = keep_chosen(profile, df[(df.method != "base") & df.arm.isin(MAIN_ARMS) & (df.status == "completed")])
-    base = df[df.run_id == BASE_ID]
+    The paper's number is the same difference on its Tables S1-S8, at the rank with the same share of the width.
+    `lora_rate="other"`: the same claims with LoRA at its other candidate rate (full FT at its chosen one), so a
+    reader sees how much the verdicts hang on the LoRA/full learning-rate ratio (claim ids `other-rate/...`)."""
+    chosen = keep_chosen(profile, _main_runs(df))
+    if lora_rate not in ("chosen", "other"):
+        raise ValueError(f"lora_rate must be 'chosen' or 'other', not {lora_rate!r}")
+    lora_runs = chosen if lora_rate == "chosen" else other_rate_runs(profile, df)
+    prefix, base = ("" if lora_rate == "chosen" else "other-rate/"), df[df.run_id == BASE_ID]
     forget = forgetting_metrics(profile)
     # the mini base's ranks map to the paper's by share of the width; a pretrained base is compared rank for rank
     width = profile.base.architecture.hidden_size if profile.base.kind == "mini" else PAPER_HIDDEN_SIZE
     rows = []
-    for (domain, regime), g in runs.groupby(["domain", "regime"]):
+    for (domain, regime), g in chosen.groupby(["domain", "regime"]):
         last = g[g.duration == g.duration.max()]
         full = last[last.method == "full"]
+        lg = lora_runs[(lora_runs.domain == domain) & (lora_runs.regime == regime) & (lora_runs.method == "lora")]
         if full.empty:
             continue
         panel, learn = f"{domain} {regime.upper()}", [f"learning_{domain}"]
         pp = _paper_panel(paper, domain, regime)
         paper_full = {m: _paper_value(pp, "full", None, m) for m in ("learning", "forgetting_avg")}
-        for rank, lora in last[last.method == "lora"].groupby("lora_rank"):
+        full_lr = float(full.learning_rate.iloc[0])
+        for rank, lora in lg[lg.duration == g.duration.max()].groupby("lora_rank"):
             r = int(rank)
             paper_rank = r * PAPER_HIDDEN_SIZE / width
             pl = {m: _paper_value(pp, "lora", paper_rank, m) for m in ("learning", "forgetting_avg")}
             gap = lambda m, sign: None if None in (paper_full[m], pl[m]) else sign * (paper_full[m] - pl[m])
+            at = "" if lora_rate == "chosen" else f" (LoRA at {float(lora.learning_rate.iloc[0]) / full_lr:g}x full FT's rate)"
             iv = compare_arms(items, _cells(full), _cells(lora), learn, seed=len(rows))
-            rows.append(_row(f"full-learns-more/{domain}-{regime}/r{r}",
-                             f"full fine-tuning learns more than LoRA r={r}", panel, iv, +1, gap("learning", 1)))
+            rows.append(_row(f"{prefix}full-learns-more/{domain}-{regime}/r{r}",
+                             f"full fine-tuning learns more than LoRA r={r}{at}", panel, iv, +1, gap("learning", 1)))
             iv = compare_arms(items, _cells(lora), _cells(full), forget, seed=len(rows))
-            rows.append(_row(f"lora-forgets-less/{domain}-{regime}/r{r}",
-                             f"LoRA r={r} forgets less than full fine-tuning", panel, iv, +1,
+            rows.append(_row(f"{prefix}lora-forgets-less/{domain}-{regime}/r{r}",
+                             f"LoRA r={r} forgets less than full fine-tuning{at}", panel, iv, +1,
                              gap("forgetting_avg", -1)))
-        if regime == "cpt" and not base.empty:
+        if regime == "cpt" and not base.empty and lora_rate == "chosen":
             iv = compare_arms(items, _cells(full), _cells(base), learn, seed=len(rows))
             rows.append(_row(f"cpt-learns/{domain}", "continued pre-training teaches the target domain "
                              "(full FT at the longest budget beats the base)", panel, iv, +1, None))
+            nll = [f"answer_nll_{domain}"]
+            if (items.metric == nll[0]).any():  # decoding-free: the reference answers' NLL falls if CPT taught
+                iv = compare_arms(items, _cells(base), _cells(full), nll, seed=len(rows))
+                rows.append(_row(f"cpt-learns-nll/{domain}", "continued pre-training teaches the target domain "
+                                 "(full FT's answer NLL on the test references below the base's)", panel, iv, +1,
+                                 None))
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- forgetting at matched learning
+def _stack(items: pd.DataFrame, cells: pd.DataFrame, metric: str, columns: list[str]) -> np.ndarray:
+    """(seeds, durations, items) values of one metric over an arm's cells (cells: run_id, checkpoint, duration)."""
+    mine = _select(items[items.metric == metric], cells).merge(cells[["run_id", "checkpoint", "duration"]])
+    grid = mine.pivot_table(index=["run_id", "duration"], columns="item", values="value")
+    runs, durations = sorted(cells.run_id.unique()), sorted(cells.duration.unique())
+    grid = grid.reindex(index=pd.MultiIndex.from_product([runs, durations]), columns=columns)
+    if grid.isna().any().any():
+        raise ValueError(f"per-item {metric} incomplete for runs {runs[:2]} at durations {durations}")
+    return grid.to_numpy(dtype=float).reshape(len(runs), len(durations), len(columns))
+
+
+def _curve(arrays: list[np.ndarray], items: list[np.ndarray] | None, seeds: np.ndarray | None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Learning and forgetting (mean of the sets) per duration, on one resample (None: the data as they are)."""
+    means = []
+    for k, a in enumerate(arrays):
+        x = a if seeds is None else a[seeds]
+        x = x if items is None else x[:, :, items[k]]
+        means.append(x.mean(axis=(0, 2)))
+    return means[0], np.mean(means[1:], axis=0)
+
+
+def _forgetting_at(level: float, arm: list[np.ndarray], base: list[np.ndarray], items: list[np.ndarray] | None,
+                   seeds: np.ndarray | None) -> float:
+    """Forgetting where the arm's learning curve (from the base, through its durations) reaches `level`."""
+    lb, fb = _curve(base, items, None)
+    la, fa = _curve(arm, items, seeds)
+    xs, ys = np.concatenate([lb, la]), np.concatenate([fb, fa])
+    order = np.argsort(xs, kind="stable")
+    return float(np.interp(level, xs[order], ys[order]))
+
+
+def matched_forgetting(items: pd.DataFrame, full: pd.DataFrame, lora: pd.DataFrame, base: pd.DataFrame,
+                       learn: str, forget: list[str], *, n_boot: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[Interval | None, float]:
+    """Forgetting of LoRA minus full FT at the same learning: each arm's curve of (learning, forgetting) over
+    its durations, starting at the base, is interpolated at the highest learning both reach. Resampled like
+    `intervals.difference` (items paired, seeds per arm). Returns (None, level) when that level is not above
+    the base's, i.e. when the arms share no learning to match on."""
+    metrics = [learn, *forget]
+    universe = {m: sorted(set.intersection(*(set(_select(items[items.metric == m], c).item) for c in (full, lora, base))))
+                for m in metrics}
+    arms = {name: [_stack(items, cells, m, universe[m]) for m in metrics]
+            for name, cells in (("full", full), ("lora", lora), ("base", base))}
+    top = min(_curve(arms[a], None, None)[0].max() for a in ("full", "lora"))
+    if top <= _curve(arms["base"], None, None)[0].max():
+        return None, float(top)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        draws = [rng.integers(0, len(universe[m]), len(universe[m])) for m in metrics]
+        s_full, s_lora = (rng.integers(0, arms[a][0].shape[0], arms[a][0].shape[0]) for a in ("full", "lora"))
+        diffs[i] = (_forgetting_at(top, arms["lora"], arms["base"], draws, s_lora)
+                    - _forgetting_at(top, arms["full"], arms["base"], draws, s_full))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    est = (_forgetting_at(top, arms["lora"], arms["base"], None, None)
+           - _forgetting_at(top, arms["full"], arms["base"], None, None))
+    iv = Interval(estimate=est, low=float(low), high=float(high),
+                  n_seeds=(arms["lora"][0].shape[0], arms["full"][0].shape[0]),
+                  n_items=sum(len(universe[m]) for m in forget))
+    return iv, float(top)
+
+
+def matched_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> pd.DataFrame:
+    """Per panel and rank: does LoRA forget less than full FT at the same learning (claim ids `matched/...`)?
+    The comparison that tells "forgets less" from "learns less"; the paper reads it off its Fig 3."""
+    runs = keep_chosen(profile, _main_runs(df))
+    base = df[df.run_id == BASE_ID][["run_id", "checkpoint", "duration"]].drop_duplicates()
+    forget = forgetting_metrics(profile)
+    rows = []
+    for (domain, regime), g in runs.groupby(["domain", "regime"]):
+        full = g[g.method == "full"][["run_id", "checkpoint", "duration"]].drop_duplicates()
+        if full.empty or base.empty:
+            continue
+        panel, learn = f"{domain} {regime.upper()}", f"learning_{domain}"
+        for rank, lora in g[g.method == "lora"].groupby("lora_rank"):
+            r = int(rank)
+            cells = lora[["run_id", "checkpoint", "duration"]].drop_duplicates()
+            iv, top = matched_forgetting(items, full, cells, base, learn, forget, seed=len(rows))
+            statement = f"LoRA r={r} forgets less than full fine-tuning at the same learning ({learn} {top:.3f})"
+            if iv is None:
+                rows.append({"claim": f"matched/lora-forgets-less/{domain}-{regime}/r{r}",
+                             "statement": statement + ": neither arm learns beyond the base, nothing to match",
+                             "panel": panel, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                             "n_seeds": np.nan, "n_items": np.nan, "verdict": CANNOT_TELL, "paper": None})
+                continue
+            rows.append(_row(f"matched/lora-forgets-less/{domain}-{regime}/r{r}", statement, panel, iv, +1, None))
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
 CLAIM_COLUMNS = ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds", "n_items", "verdict",
                  "paper"]
+
+
+# ----------------------------------------------------------------------------- what the study chose and where it sits
+def chosen_rates_table(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
+    """The learning-rate candidates of the main grid with their validation score (answer NLL, lower is better),
+    the chosen one marked, and each chosen LoRA rate's ratio to full FT's chosen rate in its panel."""
+    table = candidates(profile, df)
+    table = table[table.arm.isin(MAIN_ARMS)][["domain", "regime", "method", "lora_rank", "learning_rate", "score",
+                                              "chosen"]].reset_index(drop=True)
+    full = table[(table.method == "full") & table.chosen].set_index(["domain", "regime"]).learning_rate
+    table["ratio_to_full"] = [lr / full.get((d, r), np.nan) for d, r, lr in
+                              zip(table.domain, table.regime, table.learning_rate)]
+    return table.rename(columns={"score": "val_answer_nll"})
+
+
+def chance_levels(profile: Profile) -> dict[str, float]:
+    """Each forgetting set's accuracy by guessing (one over its number of options, averaged over items)."""
+    from lorastudy.data.sources import load_spec
+
+    return {f"{name}_{cfg.metric}": float(np.mean([1 / len(it.options) for it in load_spec(profile, cfg.dataset)]))
+            for name, cfg in profile.eval.forgetting.items()}
+
+
+def headroom(df: pd.DataFrame, profile: Profile, ceiling: float = 0.95, margin: float = 0.05) -> pd.DataFrame:
+    """Each main-grid arm at its panel's longest duration (mean over seeds): learning against the ceiling 1 and
+    the forgetting sets' mean against its chance level. `at_ceiling`: learning at or above `ceiling`;
+    `near_chance`: forgetting within `margin` of chance - where differences between arms vanish."""
+    chance = chance_levels(profile)
+    floor = float(np.mean(list(chance.values())))
+    runs = keep_chosen(profile, _main_runs(df))
+    rows = []
+    for (domain, regime), g in runs.groupby(["domain", "regime"]):
+        last = g[g.duration == g.duration.max()]
+        for (method, rank), a in last.groupby(["method", last.lora_rank.fillna(0)]):
+            value = lambda m: float(a[a.metric == m].value.mean())
+            learn, forget = value(f"learning_{domain}"), value("forgetting_avg")
+            rows.append({"panel": f"{domain} {regime.upper()}", "arm": "full" if method == "full" else f"LoRA r={int(rank)}",
+                         "duration": float(last.duration.iloc[0]), "learning": learn, "forgetting": forget,
+                         "chance": floor, "at_ceiling": learn >= ceiling, "near_chance": forget <= floor + margin,
+                         "n_seeds": a.run_id.nunique()})
+    return pd.DataFrame(rows)

@@ -8,12 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.claims import claim
 from lorastudy.analysis.selection import (close_to, last_duration_table, main_learning_rate, panel_rows,
                                           standard_lora, with_order)
 from lorastudy.figures.style import method_label
 
-SIMILAR_LEARNING = 0.05  # learning differences up to this count as "similar" (about the noise of ~150 tasks)
 REGULARISED = "full FT +"  # the start of every regularised full-FT role
 
 
@@ -26,8 +24,12 @@ def regularization_runs(df: pd.DataFrame, domain: str = "code", regime: str = "i
     rows = panel_rows(df, domain, regime)
     if rows.empty:
         return rows.assign(label=[], role=[], variant=[])
-    full_lr, lora_lr = main_learning_rate(rows, "full", alpha_ratio), main_learning_rate(rows, "lora", alpha_ratio)
-    full = rows[(rows.method == "full") & close_to(rows.learning_rate, full_lr)].copy()
+    regularised = rows[(rows.method == "full") & ((rows.weight_decay > 0) | (rows.attention_dropout > 0))]
+    # plain full FT at the regularised runs' rate (the candidates train every rate with seed 0), else the main one
+    full_lr = (float(regularised.learning_rate.mode().min()) if len(regularised)
+               else main_learning_rate(rows, "full", alpha_ratio))
+    full = rows[(rows.method == "full") & close_to(rows.learning_rate, full_lr)
+                & (rows.optimizer == "adamw")].copy()
 
     def describe(r: pd.Series) -> tuple[str, str, int]:
         wd, do = r.weight_decay, r.attention_dropout
@@ -40,10 +42,13 @@ def regularization_runs(df: pd.DataFrame, domain: str = "code", regime: str = "i
 
     if not full.empty:
         full[["label", "role", "variant"]] = full.apply(lambda r: pd.Series(describe(r)), axis=1)
-    lora = rows[standard_lora(rows, alpha_ratio) & close_to(rows.learning_rate, lora_lr)].copy()
-    if not lora.empty:
-        lo, hi = lora.lora_rank.min(), lora.lora_rank.max()
-        lora = lora[lora.lora_rank.isin([lo, hi])]
+    std = rows[standard_lora(rows, alpha_ratio)]
+    lora = std.iloc[0:0]
+    if not std.empty:  # each rank at its own main (validation-chosen: most seeds) rate
+        lo, hi = std.lora_rank.min(), std.lora_rank.max()
+        picks = [std[(std.lora_rank == r) & close_to(std.learning_rate, main_learning_rate(std[std.lora_rank == r], "lora", alpha_ratio))]
+                 for r in sorted({lo, hi})]
+        lora = pd.concat(picks).copy()
         lora["label"] = lora.lora_rank.map(lambda r: method_label("lora", r, hidden_size))
         lora["role"] = np.where(lora.lora_rank == hi, "LoRA high rank", "LoRA low rank")
         lora["variant"] = 0
@@ -97,34 +102,3 @@ def regularization_table(sel: pd.DataFrame) -> pd.DataFrame:
         (bool(f > worst) if not np.isnan(worst) and not np.isnan(f) else None) if role.startswith("LoRA") else None
         for role, f in zip(table.role, table.forgetting)]
     return table.reset_index(drop=True)
-
-
-def regularization_verdict(table: pd.DataFrame) -> pd.DataFrame:
-    """Fig 4's statements computed on `regularization_table`: 'ours' is None where an arm is missing."""
-    def one(role: str) -> pd.Series | None:
-        rows = table[table.role == role]
-        return rows.iloc[0] if len(rows) else None
-
-    hi, plain_full = one("LoRA high rank"), one("full FT")
-    reg = table[table.role.str.startswith(REGULARISED)] if len(table) else table
-    forgets = "LoRA (highest rank) forgets less than every regularised full FT"
-    learns = f"… at similar or lower learning (LoRA ≤ best regularised full FT + {SIMILAR_LEARNING:g})"
-    moves = "weight decay and dropout move full FT's forgetting less than LoRA does"
-    claims = []
-    if hi is not None and len(reg):
-        worst, best = reg.forgetting.max(), reg.learning.max()
-        claims.append(claim(forgets, True, bool(hi.forgetting > worst),
-                            f"LoRA {hi.forgetting:.3f} vs best regularised full {worst:.3f}"))
-        claims.append(claim(learns, True, bool(hi.learning <= best + SIMILAR_LEARNING),
-                            f"LoRA {hi.learning:.3f} vs best regularised full {best:.3f}"))
-    else:
-        claims.append(claim(forgets, True, None, "needs the regularisation arm and a LoRA run"))
-        claims.append(claim(learns, True, None, "needs the regularisation arm and a LoRA run"))
-    if plain_full is not None and len(reg) and hi is not None:
-        moved = float((reg.forgetting - plain_full.forgetting).abs().max())
-        gap = float(abs(hi.forgetting - plain_full.forgetting))
-        claims.append(claim(moves, True, bool(moved < gap),
-                            f"largest change by a regulariser {moved:.3f}; LoRA vs full {gap:.3f}"))
-    else:
-        claims.append(claim(moves, True, None, "needs plain and regularised full FT and a LoRA run"))
-    return pd.DataFrame(claims)

@@ -58,8 +58,15 @@ def panel_rows(df: pd.DataFrame, domain: str = "code", regime: str = "ift") -> p
     w["weight_decay"] = w.weight_decay.fillna(0.0)
     w["attention_dropout"] = w.attention_dropout.fillna(0.0)
     w["use_rslora"] = w.use_rslora.map(lambda v: str(v).lower() in {"true", "1", "1.0"})
-    w["optimizer"] = w.optimizer.fillna("adamw") if "optimizer" in w else "adamw"  # tables before Fig S2's arm
+    w["optimizer"] = optimizers(w)
     return w
+
+
+def optimizers(rows: pd.DataFrame) -> pd.Series:
+    """Each row's optimizer, 'adamw' where the table has none (tables written before Fig S2's arm)."""
+    if "optimizer" not in rows:
+        return pd.Series("adamw", index=rows.index)
+    return rows.optimizer.astype(object).where(rows.optimizer.notna(), "adamw")
 
 
 def panel_ranks(df: pd.DataFrame, domain: str = "code", regime: str = "ift") -> list[int]:

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.claims import claim
-from lorastudy.analysis.selection import (at_last_duration, close_to, default_alpha, last_duration_table,
+from lorastudy.analysis.selection import (close_to, default_alpha, last_duration_table,
                                           main_learning_rate, panel_ranks, panel_rows, plain, standard_lora,
                                           summarise, with_order)
 from lorastudy.figures.style import method_label
@@ -31,15 +30,22 @@ def ranks_text(df: pd.DataFrame, domain: str, regime: str, hidden_size: int | No
     return "\n".join(lines)
 
 
+def arm_rate(rows: pd.DataFrame, arms: list[str], alpha_ratio: float) -> float | None:
+    """The learning rate of an extra arm's runs (its baseline is the main grid's seed-0 run at that rate, which
+    the candidates train), else LoRA's main rate."""
+    extra = rows[rows.arm.isin(arms)]
+    return float(extra.learning_rate.mode().min()) if len(extra) else main_learning_rate(rows, "lora", alpha_ratio)
+
+
 # ----------------------------------------------------------------------------- Fig 7: target modules
 def modules_runs(df: pd.DataFrame, domain: str = "code", regime: str = "ift", *,
                  hidden_size: int | None = None, alpha_ratio: float = 2.0) -> pd.DataFrame:
-    """Fig 7's lines: LoRA at the main learning rate, α = 2r, no rsLoRA, on attention, MLP or all modules.
-    Where some run adapts only attention or only the MLP, only the ranks that have such runs are kept."""
+    """Fig 7's lines: LoRA at the modules arm's learning rate, α = 2r, no rsLoRA, on attention, MLP or all
+    modules. Where some run adapts only attention or only the MLP, only the ranks that have such runs are kept."""
     rows = panel_rows(df, domain, regime)
     if rows.empty:
         return rows.assign(label=[], variant=[])
-    lr = main_learning_rate(rows, "lora", alpha_ratio)
+    lr = arm_rate(rows, ["modules"], alpha_ratio)
     keep = ((rows.method == "lora") & ~rows.use_rslora & plain(rows) & close_to(rows.learning_rate, lr)
             & default_alpha(rows, alpha_ratio))
     sel = rows[keep].copy()
@@ -67,26 +73,6 @@ def modules_table(sel: pd.DataFrame) -> pd.DataFrame:
     piv = summ.pivot_table(index=["rank", "_o", "modules"], columns="duration", values=["learning", "forgetting"])
     piv = piv.droplevel("_o")
     return piv[["learning", "forgetting"]].rename_axis(columns=[None, "duration"])
-
-
-def modules_verdict(sel: pd.DataFrame) -> pd.DataFrame:
-    """Per rank with more than one module set, at the last duration: learning of each module set, the best,
-    whether MLP or all beat attention only (the paper: yes) and how far 'all' is from the best."""
-    last = at_last_duration(summarise(sel))
-    rows = []
-    for rank, g in last.groupby("lora_rank"):
-        learn = g.set_index("target_modules").learning
-        if len(learn) < 2:
-            continue
-        att = learn.get("attention", np.nan)
-        others = learn.drop(labels="attention", errors="ignore")
-        rows.append({
-            "rank": int(rank), **{f"learning_{m}": learn.get(m, np.nan) for m in MODULE_ORDER},
-            "best_modules": learn.idxmax(),
-            "mlp_or_all_beats_attention": (None if np.isnan(att) or others.empty else bool(others.max() > att)),
-            "all_gap_to_best": float(learn.max() - learn["all"]) if "all" in learn else np.nan,
-        })
-    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- Fig S1: learning rate
@@ -215,13 +201,13 @@ def lr_ratio_text(table: pd.DataFrame, grid: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- Fig S3: alpha and rsLoRA
 def alpha_runs(df: pd.DataFrame, domain: str = "code", regime: str = "ift", *,
                hidden_size: int | None = None, alpha_ratio: float = 2.0) -> pd.DataFrame:
-    """Fig S3's lines: LoRA on all modules at the main learning rate and the rank of the α / rsLoRA arms
+    """Fig S3's lines: LoRA on all modules at the α arm's learning rate and the rank of the α / rsLoRA arms
     (else the highest rank present), at every α, with and without rsLoRA (α/√r instead of α/r).
     Adds `scale` (the factor applied to BA), `alpha_over_rank` and `variant_kind` ('α/r' or 'rsLoRA α/√r')."""
     rows = panel_rows(df, domain, regime)
     if rows.empty:
         return rows.assign(label=[], variant=[])
-    lr = main_learning_rate(rows, "lora", alpha_ratio)
+    lr = arm_rate(rows, ["alpha", "rslora"], alpha_ratio)
     lora = rows[(rows.method == "lora") & (rows.target_modules == "all") & plain(rows)
                 & close_to(rows.learning_rate, lr)]
     if lora.empty:
@@ -265,28 +251,22 @@ def has_rslora_arm(table: pd.DataFrame) -> bool:
     return bool(table.use_rslora.astype(bool).any())
 
 
-def alpha_verdict(table: pd.DataFrame) -> pd.DataFrame:
-    """Is α = 2r the best α (by learning) among plain-α runs, and does rsLoRA do better than α = 2r?"""
-    claims = []
-    plain_alpha = table[~table.use_rslora.astype(bool)] if len(table) else table
-    default = table[table.is_default] if len(table) else table
-    best_alpha = "α = 2r learns at least as much as the other α values"
-    if len(plain_alpha) >= 2 and len(default):
-        best = plain_alpha.learning.max()
-        tied = np.isclose(plain_alpha.learning, best, rtol=0, atol=1e-12).sum()
-        claims.append(claim(best_alpha, True, bool(default.learning.iloc[0] >= best - 1e-12),
-                            f"α=2r {default.learning.iloc[0]:.3f}; best {best:.3f} at "
-                            f"α={plain_alpha.loc[plain_alpha.learning.idxmax(), 'lora_alpha']:g}"
-                            + (f" ({tied} α values tie)" if tied > 1 else "")))
-    else:
-        claims.append(claim(best_alpha, True, None, "needs the α arm (several α at one rank)"))
-    rs = table[table.use_rslora.astype(bool)] if len(table) else table
-    rs_better = "rsLoRA (α/√r) learns more than α = 2r (not in the paper)"
-    if len(rs) and len(default):  # not a statement of the paper: no agreement to compute
-        claims.append({"statement": rs_better, "paper": None,
-                       "ours": bool(rs.learning.max() > default.learning.iloc[0]), "agrees": None,
-                       "detail": f"rsLoRA {rs.learning.max():.3f} vs α=2r {default.learning.iloc[0]:.3f}"})
-    else:
-        claims.append({"statement": rs_better, "paper": None, "ours": None, "agrees": None,
-                       "detail": "needs the rsLoRA arm and α = 2r at its rank"})
-    return pd.DataFrame(claims)
+# ----------------------------------------------------------------------------- Fig S2: LionW against AdamW
+def lion_runs(df: pd.DataFrame, domain: str = "code", regime: str = "ift", *,
+              hidden_size: int | None = None) -> pd.DataFrame:
+    """Fig S2's lines: every LionW run and, for the same method and rank, the main grid's AdamW candidates
+    (seed 0, all modules, α as the main grid, no regulariser). Empty without LionW runs."""
+    rows = panel_rows(df, domain, regime)
+    lion = rows[rows.optimizer == "lion"] if len(rows) else rows
+    if lion.empty:
+        return lion.assign(label=[], variant=[])
+    keys = set(zip(lion.method, lion.lora_rank.fillna(-1)))
+    same = [(m, r) in keys for m, r in zip(rows.method, rows.lora_rank.fillna(-1))]
+    sel = rows[same & (rows.seed == 0) & (rows.weight_decay == 0) & (rows.attention_dropout == 0)
+               & (rows.target_modules.fillna("all") == "all") & ~rows.use_rslora
+               & rows.arm.isin(["full", "lora", "lion"])].copy()
+    sel["label"] = [f"{method_label(m, r, hidden_size)}, {'LionW' if o == 'lion' else 'AdamW'}, lr={lr:g}"
+                    for m, r, o, lr in zip(sel.method, sel.lora_rank, sel.optimizer, sel.learning_rate)]
+    sel["variant"] = (sel.optimizer == "lion").astype(int) * 10 + sel.groupby(
+        ["method", "optimizer"]).learning_rate.rank(method="dense").astype(int)
+    return with_order(sel)
