@@ -57,7 +57,7 @@ def compute_claims(profile: Profile, out_root: Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CLAIM_COLUMNS)
 
 
-MAIN_KINDS = ("full-learns-more", "lora-forgets-less", "cpt-learns", "cpt-learns-nll")
+MAIN_KINDS = ("full-learns-more", "full-learns-more-nll", "lora-forgets-less", "cpt-learns", "cpt-learns-nll")
 
 
 def kind(claim_id: str) -> str:

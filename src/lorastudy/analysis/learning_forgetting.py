@@ -13,6 +13,8 @@ from lorastudy.paper import PAPER_HIDDEN_SIZE
 from lorastudy.tuning import GROUP, candidates, keep_chosen
 
 MAIN_ARMS = ("full", "lora")  # the sweep arms of the main grid (regularisation and sensitivity arms are apart)
+CLAIM_COLUMNS = ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds", "n_items", "verdict",
+                 "paper"]
 
 
 def forgetting_metrics(profile: Profile) -> list[str]:
@@ -113,7 +115,7 @@ def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: 
         lg = lora_runs[(lora_runs.domain == domain) & (lora_runs.regime == regime) & (lora_runs.method == "lora")]
         if full.empty:
             continue
-        panel, learn = f"{domain} {regime.upper()}", [f"learning_{domain}"]
+        panel, learn, nll = f"{domain} {regime.upper()}", [f"learning_{domain}"], [f"answer_nll_{domain}"]
         pp = _paper_panel(paper, domain, regime)
         paper_full = {m: _paper_value(pp, "full", None, m) for m in ("learning", "forgetting_avg")}
         full_lr = float(full.learning_rate.iloc[0])
@@ -126,6 +128,10 @@ def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: 
             iv = compare_arms(items, _cells(full), _cells(lora), learn, seed=len(rows))
             rows.append(_row(f"{prefix}full-learns-more/{domain}-{regime}/r{r}",
                              f"full fine-tuning learns more than LoRA r={r}{at}", panel, iv, +1, gap("learning", 1)))
+            if (items.metric == nll[0]).any():  # the same, decoding-free: LoRA's answer NLL above full FT's
+                iv = compare_arms(items, _cells(lora), _cells(full), nll, seed=len(rows))
+                rows.append(_row(f"{prefix}full-learns-more-nll/{domain}-{regime}/r{r}",
+                                 f"full fine-tuning learns more than LoRA r={r}{at} (answer NLL)", panel, iv, +1, None))
             iv = compare_arms(items, _cells(lora), _cells(full), forget, seed=len(rows))
             rows.append(_row(f"{prefix}lora-forgets-less/{domain}-{regime}/r{r}",
                              f"LoRA r={r} forgets less than full fine-tuning{at}", panel, iv, +1,
@@ -134,7 +140,6 @@ def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: 
             iv = compare_arms(items, _cells(full), _cells(base), learn, seed=len(rows))
             rows.append(_row(f"cpt-learns/{domain}", "continued pre-training teaches the target domain "
                              "(full FT at the longest budget beats the base)", panel, iv, +1, None))
-            nll = [f"answer_nll_{domain}"]
             if (items.metric == nll[0]).any():  # decoding-free: the reference answers' NLL falls if CPT taught
                 iv = compare_arms(items, _cells(base), _cells(full), nll, seed=len(rows))
                 rows.append(_row(f"cpt-learns-nll/{domain}", "continued pre-training teaches the target domain "
@@ -210,7 +215,8 @@ def matched_forgetting(items: pd.DataFrame, full: pd.DataFrame, lora: pd.DataFra
 
 def matched_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> pd.DataFrame:
     """Per panel and rank: does LoRA forget less than full FT at the same learning (claim ids `matched/...`)?
-    The comparison that tells "forgets less" from "learns less"; the paper reads it off its Fig 3."""
+    The comparison that tells "forgets less" from "learns less"; the paper reads it off its Fig 3. Learning is
+    matched on the panel's score and, decoding-free, on the answer NLL (negated: higher is more learned)."""
     runs = keep_chosen(profile, _main_runs(df))
     base = df[df.run_id == BASE_ID][["run_id", "checkpoint", "duration"]].drop_duplicates()
     forget = forgetting_metrics(profile)
@@ -219,24 +225,27 @@ def matched_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> p
         full = g[g.method == "full"][["run_id", "checkpoint", "duration"]].drop_duplicates()
         if full.empty or base.empty:
             continue
-        panel, learn = f"{domain} {regime.upper()}", f"learning_{domain}"
+        panel = f"{domain} {regime.upper()}"
+        nll = f"answer_nll_{domain}"
+        scored = items.assign(value=np.where(items.metric == nll, -items.value, items.value))
         for rank, lora in g[g.method == "lora"].groupby("lora_rank"):
             r = int(rank)
             cells = lora[["run_id", "checkpoint", "duration"]].drop_duplicates()
-            iv, top = matched_forgetting(items, full, cells, base, learn, forget, seed=len(rows))
-            statement = f"LoRA r={r} forgets less than full fine-tuning at the same learning ({learn} {top:.3f})"
-            if iv is None:
-                rows.append({"claim": f"matched/lora-forgets-less/{domain}-{regime}/r{r}",
-                             "statement": statement + ": neither arm learns beyond the base, nothing to match",
-                             "panel": panel, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-                             "n_seeds": np.nan, "n_items": np.nan, "verdict": CANNOT_TELL, "paper": None})
-                continue
-            rows.append(_row(f"matched/lora-forgets-less/{domain}-{regime}/r{r}", statement, panel, iv, +1, None))
+            for learn, tag in ((f"learning_{domain}", ""), (nll, "-nll")):
+                if not (items.metric == learn).any():
+                    continue
+                iv, top = matched_forgetting(scored, full, cells, base, learn, forget, seed=len(rows))
+                level = f"{learn} {top:.3f}" if not tag else f"answer NLL {-top:.3f}"
+                claim_id = f"matched/lora-forgets-less{tag}/{domain}-{regime}/r{r}"
+                statement = f"LoRA r={r} forgets less than full fine-tuning at the same learning ({level})"
+                if iv is None:
+                    rows.append({"claim": claim_id, "panel": panel, "verdict": CANNOT_TELL, "paper": None,
+                                 "statement": statement + ": neither arm learns beyond the base, nothing to match",
+                                 "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_seeds": np.nan,
+                                 "n_items": np.nan})
+                    continue
+                rows.append(_row(claim_id, statement, panel, iv, +1, None))
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
-
-
-CLAIM_COLUMNS = ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds", "n_items", "verdict",
-                 "paper"]
 
 
 # ----------------------------------------------------------------------------- what the study chose and where it sits
