@@ -19,6 +19,7 @@ import nbformat
 import pandas as pd
 import yaml
 
+from lorastudy.analysis.claims import claims_of, verdict_text
 from lorastudy.io import write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
@@ -205,8 +206,6 @@ def _toc(before: list[str], chapters: list[str], after: list[str], base: str | N
 
 def _claims_section(profile_name: str, claims: pd.DataFrame) -> str:
     """The landing page's answer: the headline claims of this profile's runs with their intervals and verdicts."""
-    from lorastudy.analysis.claims import claims_of, verdict_text
-
     main = claims_of(claims, "main")
     table = main[["statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds", "verdict", "paper"]]
     return (f"\n\n## What our runs say (`{profile_name}`)\n\n{verdict_text(main, 'headline claims')} Each row is a "

@@ -8,6 +8,7 @@ import pandas as pd
 
 from lorastudy.analysis.intervals import CANNOT_TELL, Interval, difference, verdict
 from lorastudy.config import Profile
+from lorastudy.data.sources import load_spec
 from lorastudy.layout import BASE_ID
 from lorastudy.paper import PAPER_HIDDEN_SIZE
 from lorastudy.tuning import GROUP, candidates, keep_chosen
@@ -263,8 +264,6 @@ def chosen_rates_table(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
 
 def chance_levels(profile: Profile) -> dict[str, float]:
     """Each forgetting set's accuracy by guessing (one over its number of options, averaged over items)."""
-    from lorastudy.data.sources import load_spec
-
     return {f"{name}_{cfg.metric}": float(np.mean([1 / len(it.options) for it in load_spec(profile, cfg.dataset)]))
             for name, cfg in profile.eval.forgetting.items()}
 
