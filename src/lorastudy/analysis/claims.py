@@ -85,3 +85,20 @@ def verdict_text(table: pd.DataFrame, what: str = "claims") -> str:
                                                  zip(against.statement, against.panel, against.estimate,
                                                      against.ci_low, against.ci_high)) + "."
     return text
+
+
+def rate_dependence_text(table: pd.DataFrame) -> str:
+    """How the headline verdicts move when LoRA trains at its other candidate rate (markdown), per claim type."""
+    main, other = claims_of(table, "main"), claims_of(table, "other-rate")
+    if main.empty or other.empty:
+        return "No second learning-rate ratio in this profile's runs."
+    other = other.assign(claim=other.claim.str.removeprefix("other-rate/"))
+    both = main.merge(other, on="claim", suffixes=("", "_other"))
+    parts = []
+    for head, what in (("lora-forgets-less", "LoRA forgets less"), ("full-learns-more", "full FT learns more")):
+        g = both[both.claim.str.startswith(head + "/")]
+        if len(g):
+            parts.append(f"*{what}* agrees in {(g.verdict == 'agrees').sum()} of {len(g)} comparisons at the chosen "
+                         f"rates and in {(g.verdict_other == 'agrees').sum()} at LoRA's other rate "
+                         f"({(g.verdict != g.verdict_other).sum()} verdicts change)")
+    return "; ".join(parts) + "." if parts else ""

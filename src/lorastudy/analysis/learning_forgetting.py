@@ -85,6 +85,12 @@ def _main_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df.method != "base") & df.arm.isin(MAIN_ARMS) & (df.status == "completed")]
 
 
+def main_grid(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
+    """What Figs 1-3 draw: the base and the main grid at its validation-chosen rates (every seed), without the
+    other candidates and the extra arms."""
+    return pd.concat([df[df.run_id == BASE_ID], keep_chosen(profile, _main_runs(df))], ignore_index=True)
+
+
 def other_rate_runs(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
     """Rows of the main grid's candidate runs at the rate validation did not choose (seed 0 only)."""
     table = candidates(profile, df)
@@ -125,7 +131,7 @@ def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: 
             paper_rank = r * PAPER_HIDDEN_SIZE / width
             pl = {m: _paper_value(pp, "lora", paper_rank, m) for m in ("learning", "forgetting_avg")}
             gap = lambda m, sign: None if None in (paper_full[m], pl[m]) else sign * (paper_full[m] - pl[m])
-            at = "" if lora_rate == "chosen" else f" (LoRA at {float(lora.learning_rate.iloc[0]) / full_lr:g}x full FT's rate)"
+            at = "" if lora_rate == "chosen" else f" (LoRA at {float(lora.learning_rate.iloc[0]) / full_lr:.3g}x full FT's rate)"
             iv = compare_arms(items, _cells(full), _cells(lora), learn, seed=len(rows))
             rows.append(_row(f"{prefix}full-learns-more/{domain}-{regime}/r{r}",
                              f"full fine-tuning learns more than LoRA r={r}{at}", panel, iv, +1, gap("learning", 1)))

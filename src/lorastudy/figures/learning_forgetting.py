@@ -29,7 +29,10 @@ def _varying_settings(df: pd.DataFrame) -> list[str]:
 
 
 def _learning_names(metric: str, domain: str) -> set[str]:
-    """'learning' is `learning_<domain>` in our table and plain 'learning' in the paper's."""
+    """'learning' is `learning_<domain>` in our table and plain 'learning' in the paper's; 'answer_nll' is
+    `answer_nll_<domain>` (ours only)."""
+    if metric == "answer_nll":
+        return {f"answer_nll_{domain}"}
     return {f"learning_{domain}", "learning"} if metric == "learning" else {metric}
 
 
