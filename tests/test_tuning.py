@@ -78,3 +78,16 @@ def test_selection_needs_validation_data_and_candidates() -> None:
 def test_estimates_count_one_rate_per_group() -> None:
     expected = [s for s in runs_expected(PROFILE) if s in SELECTING]
     assert len(expected) == 3 and sorted(s.seed for s in expected) == [0, 0, 1]  # two candidates, one more seed
+
+
+def test_the_other_rate_and_the_main_grid_follow_the_choice() -> None:
+    from lorastudy.analysis.learning_forgetting import chosen_rates_table, main_grid, other_rate_runs
+
+    df = results({(1e-3, 0): {1.0: 1.3}, (3e-3, 0): {1.0: 1.1}, (3e-3, 1): {1.0: 1.0}})
+    assert set(other_rate_runs(PROFILE, df).run_id) == {s.run_id for s in SELECTING if s.learning_rate == 1e-3 and s.seed == 0}
+    assert set(main_grid(PROFILE, df).learning_rate) == {3e-3}  # the figures draw the chosen rate's seeds only
+    table = chosen_rates_table(PROFILE, df)
+    assert table[table.chosen].learning_rate.tolist() == [3e-3] and len(table) == 2
+    # undecided: no other rate, no main-grid run of the group
+    waiting = results({(3e-3, 0): {1.0: 0.1}})
+    assert other_rate_runs(PROFILE, waiting).empty and main_grid(PROFILE, waiting).empty
