@@ -280,3 +280,16 @@ def test_what_the_chapters_print_and_which_arms_are_missing():
     assert sensitivity.has_alpha_arm(alphas) and sensitivity.has_rslora_arm(alphas)
     alone = sensitivity.alpha_table(sensitivity.alpha_runs(main_only))
     assert not sensitivity.has_alpha_arm(alone) and not sensitivity.has_rslora_arm(alone)
+
+
+def test_lion_runs_pair_lionw_with_the_adamw_candidates_of_the_same_method_and_rank():
+    df = synthetic()
+    lion = pd.DataFrame(_run(method="full", lr=3e-4, arm="lion", learn=0.7, keep=0.5) + _run(rank=16, lr=1e-3, arm="lion"),
+                        columns=COLUMNS).assign(optimizer="lion")
+    df = pd.concat([df.assign(optimizer="adamw"), lion], ignore_index=True)
+    sel = sensitivity.lion_runs(df, hidden_size=128)
+    assert set(sel[sel.optimizer == "lion"].learning_rate) == {3e-4, 1e-3}
+    adamw = sel[sel.optimizer == "adamw"]
+    assert set(adamw.arm) <= {"full", "lora"} and (adamw.seed == 0).all()
+    assert set(adamw.method) == {"full", "lora"} and set(adamw.lora_rank.dropna()) == {16}  # only Lion's rank
+    assert any("LionW" in label for label in sel.label) and sensitivity.lion_runs(synthetic()).empty

@@ -261,7 +261,7 @@ def lion_runs(df: pd.DataFrame, domain: str = "code", regime: str = "ift", *,
     if lion.empty:
         return lion.assign(label=[], variant=[])
     keys = set(zip(lion.method, lion.lora_rank.fillna(-1)))
-    same = [(m, r) in keys for m, r in zip(rows.method, rows.lora_rank.fillna(-1))]
+    same = pd.Series([(m, r) in keys for m, r in zip(rows.method, rows.lora_rank.fillna(-1))], index=rows.index)
     sel = rows[same & (rows.seed == 0) & (rows.weight_decay == 0) & (rows.attention_dropout == 0)
                & (rows.target_modules.fillna("all") == "all") & ~rows.use_rslora
                & rows.arm.isin(["full", "lora", "lion"])].copy()
