@@ -276,10 +276,12 @@ def chance_levels(profile: Profile) -> dict[str, float]:
 
 def headroom(df: pd.DataFrame, profile: Profile, ceiling: float = 0.95, margin: float = 0.05) -> pd.DataFrame:
     """Each main-grid arm at its panel's longest duration (mean over seeds): learning against the ceiling 1 and
-    the forgetting sets' mean against its chance level. `at_ceiling`: learning at or above `ceiling`;
+    the base's score, the forgetting sets' mean against its chance level. `at_ceiling`: learning at or above
+    `ceiling`; `near_base`: learning within `margin` of the base's (the floor: the score barely moved);
     `near_chance`: forgetting within `margin` of chance - where differences between arms vanish."""
     chance = chance_levels(profile)
     floor = float(np.mean(list(chance.values())))
+    base = df[df.run_id == BASE_ID]
     runs = keep_chosen(profile, _main_runs(df))
     rows = []
     for (domain, regime), g in runs.groupby(["domain", "regime"]):
@@ -287,8 +289,10 @@ def headroom(df: pd.DataFrame, profile: Profile, ceiling: float = 0.95, margin: 
         for (method, rank), a in last.groupby(["method", last.lora_rank.fillna(0)]):
             value = lambda m: float(a[a.metric == m].value.mean())
             learn, forget = value(f"learning_{domain}"), value("forgetting_avg")
+            start = float(base[base.metric == f"learning_{domain}"].value.mean()) if len(base) else np.nan
             rows.append({"panel": f"{domain} {regime.upper()}", "arm": "full" if method == "full" else f"LoRA r={int(rank)}",
                          "duration": float(last.duration.iloc[0]), "learning": learn, "forgetting": forget,
-                         "chance": floor, "at_ceiling": learn >= ceiling, "near_chance": forget <= floor + margin,
+                         "base_learning": start, "chance": floor, "at_ceiling": learn >= ceiling,
+                         "near_base": bool(learn <= start + margin), "near_chance": forget <= floor + margin,
                          "n_seeds": a.run_id.nunique()})
     return pd.DataFrame(rows)

@@ -26,8 +26,8 @@ from lorastudy.paper import PAPER_MODEL
 
 FULL_COLOUR = "#c44e52"
 BASE_COLOUR = "0.45"
-RANK_PALETTE = "crest"
-RANK_RANGE = (2, 512)
+RANK_PALETTE = "viridis_r"  # a hue ramp: the mini ranks 1, 2, 8 stay apart, unlike a one-hue ramp
+RANK_RANGE = (1, 256)
 DOMAINS = ("code", "math")
 REGIMES = ("cpt", "ift")
 PANELS = list(itertools.product(DOMAINS, REGIMES))  # the panel order of every figure (row-major)
@@ -57,11 +57,11 @@ def ensure_style() -> None:
 
 
 def rank_colour(rank: float) -> tuple[float, float, float]:
-    """The colour of a LoRA rank: darker for more capacity, on a fixed log2 scale (r = 2 … 512) so that a
+    """The colour of a LoRA rank: darker for more capacity, on a fixed log2 scale (r = 1 … 256) so that a
     rank keeps its colour in every figure of the book, whichever other ranks share the figure."""
     low, high = np.log2(RANK_RANGE)
     position = float(np.clip((np.log2(max(rank, 1)) - low) / (high - low), 0, 1))
-    return sns.color_palette(RANK_PALETTE, as_cmap=True)(0.25 + 0.75 * position)[:3]  # skip the palest end
+    return sns.color_palette(RANK_PALETTE, as_cmap=True)(0.15 + 0.85 * position)[:3]  # skip the palest yellow
 
 
 def percent(fraction: float) -> str:
