@@ -3,13 +3,16 @@ longest duration of each panel? Each claim as a difference with a bootstrap inte
 beside the same difference on the paper's Tables S1–S8."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from lorastudy.analysis.intervals import CANNOT_TELL, Interval, difference, verdict
 from lorastudy.config import Profile
 from lorastudy.data.sources import load_spec
-from lorastudy.layout import BASE_ID
+from lorastudy.io import read_json
+from lorastudy.layout import BASE_ID, Layout
 from lorastudy.paper import PAPER_HIDDEN_SIZE
 from lorastudy.tuning import GROUP, candidates, keep_chosen
 
@@ -295,4 +298,25 @@ def headroom(df: pd.DataFrame, profile: Profile, ceiling: float = 0.95, margin: 
                          "base_learning": start, "chance": floor, "at_ceiling": learn >= ceiling,
                          "near_base": bool(learn <= start + margin), "near_chance": forget <= floor + margin,
                          "n_seeds": a.run_id.nunique()})
+    return pd.DataFrame(rows)
+
+
+PAPER_TRAINABLE_SHARE = {16: 0.006, 64: 0.024, 256: 0.095}  # Llama-2-7B, LoRA on all seven projections (issue 12)
+
+
+def ranks_table(profile: Profile, df: pd.DataFrame, out_root: Path) -> pd.DataFrame:
+    """Each main-grid LoRA rank as r, r/d and its trainable share of the base's parameters (from the runs' own
+    parameter counts), beside the paper's rank with the same share of the width."""
+    width = profile.base.architecture.hidden_size if profile.base.kind == "mini" else PAPER_HIDDEN_SIZE
+    lora = _main_runs(df)
+    lora = lora[lora.method == "lora"].drop_duplicates("lora_rank").sort_values("lora_rank")
+    rows = []
+    for rank, run_id in zip(lora.lora_rank.astype(int), lora.run_id):
+        record = Layout(out_root).run(run_id).train_record
+        params = read_json(record)["parameters"] if record.is_file() else {}
+        trainable, total = params.get("trainable", np.nan), params.get("total", np.nan)
+        paper_rank = rank * PAPER_HIDDEN_SIZE / width
+        rows.append({"rank": rank, "r_over_d": rank / width, "trainable": trainable,
+                     "trainable_share": trainable / (total - trainable), "paper_rank": paper_rank,
+                     "paper_trainable_share": PAPER_TRAINABLE_SHARE.get(int(paper_rank), np.nan)})
     return pd.DataFrame(rows)
