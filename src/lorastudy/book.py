@@ -19,7 +19,7 @@ import nbformat
 import pandas as pd
 import yaml
 
-from lorastudy.analysis.claims import claims_of, verdict_text
+from lorastudy.analysis.claims import claims_of, compact, verdict_text
 from lorastudy.io import write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
@@ -207,12 +207,7 @@ def _toc(before: list[str], chapters: list[str], after: list[str], base: str | N
 def _claims_section(profile_name: str, claims: pd.DataFrame) -> str:
     """The landing page's answer: the headline claims of this profile's runs with their intervals and verdicts."""
     main = claims_of(claims, "main")
-    fmt = lambda v: "" if pd.isna(v) else f"{v:+.3f}"  # noqa: E731
-    table = pd.DataFrame({
-        "panel": main.panel, "claim": main.statement,
-        "ours [95% interval]": [f"{fmt(e)} [{fmt(lo)}, {fmt(hi)}]" for e, lo, hi in zip(main.estimate, main.ci_low, main.ci_high)],
-        "seeds": [("" if pd.isna(n) else str(int(n))) for n in main.n_seeds], "verdict": main.verdict,
-        "paper": [fmt(v) for v in pd.to_numeric(main.paper, errors="coerce")]})
+    table = compact(main)
     return (f"\n\n## What our runs say (`{profile_name}`)\n\n{verdict_text(main, 'headline claims')} Each row is a "
             "difference at the longest duration of its panel with a 95% interval (chapter 10); `paper` is the same "
             "difference on the paper's tables at the rank with the same share of the width. Every claim, with "

@@ -77,7 +77,8 @@ def verdict_text(table: pd.DataFrame, what: str = "claims") -> str:
     if table.empty:
         return f"No {what} in this profile's runs."
     counts = table.verdict.value_counts()
-    parts = [f"{counts.get(v, 0)} {v}" for v in ("agrees", "disagrees", "cannot tell")]
+    parts = [f"{counts.get(v, 0)} {w}" for v, w in (("agrees", "agree"), ("disagrees", "disagree"),
+                                                     ("cannot tell", "cannot tell"))]
     text = f"Of {len(table)} {what}, " + ", ".join(parts) + "."
     against = table[table.verdict == "disagrees"]
     if len(against):
@@ -102,3 +103,14 @@ def rate_dependence_text(table: pd.DataFrame) -> str:
                          f"rates and in {(g.verdict_other == 'agrees').sum()} at LoRA's other rate "
                          f"({(g.verdict != g.verdict_other).sum()} verdicts change)")
     return "; ".join(parts) + "." if parts else ""
+
+
+def compact(table: pd.DataFrame) -> pd.DataFrame:
+    """Claims as a reader reads them: panel, statement, estimate with its interval, seeds, verdict, paper."""
+    fmt = lambda v: "" if pd.isna(v) else f"{v:+.3f}"  # noqa: E731
+    return pd.DataFrame({
+        "panel": table.panel, "claim": table.statement,
+        "ours [95% interval]": [f"{fmt(e)} [{fmt(lo)}, {fmt(hi)}]" if pd.notna(e) else "untestable"
+                                for e, lo, hi in zip(table.estimate, table.ci_low, table.ci_high)],
+        "seeds": [("" if pd.isna(n) else str(int(n))) for n in table.n_seeds], "verdict": table.verdict,
+        "paper": [fmt(v) for v in pd.to_numeric(table.paper, errors="coerce")]}).reset_index(drop=True)
