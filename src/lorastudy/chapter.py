@@ -66,6 +66,7 @@ def open_chapter(profile: str, output_dir: str = "", name: str = "") -> Chapter:
     the house style applied."""
     prof = load_profile(profile)
     style()
+    pd.set_option("display.max_colwidth", 160)  # claim statements are read whole, not cut at pandas' 50
     return Chapter(prof, prof.layout(output_dir or None), name)
 
 
