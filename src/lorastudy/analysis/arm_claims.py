@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lorastudy.analysis.learning_forgetting import (CLAIM_COLUMNS, _row, compare_arms, forgetting_metrics)
-from lorastudy.analysis.selection import optimizers
+from lorastudy.analysis.selection import panel_rows
 from lorastudy.config import Profile
 from lorastudy.tuning import keep_chosen
 
@@ -19,15 +19,10 @@ PANEL = ("code", "ift")  # where the paper ran its extra arms
 
 
 def _settings(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed rows of the panel at its longest duration, settings normalised (as selection.panel_rows)."""
-    domain, regime = PANEL
-    g = df[(df.domain == domain) & (df.regime == regime) & (df.method != "base") & (df.status == "completed")]
-    g = g[g.duration == g.duration.max()].copy()
-    g["weight_decay"] = pd.to_numeric(g.weight_decay, errors="coerce").fillna(0.0)
-    g["attention_dropout"] = pd.to_numeric(g.attention_dropout, errors="coerce").fillna(0.0)
-    g["use_rslora"] = g.use_rslora.map(lambda v: str(v).lower() in {"true", "1", "1.0"})
-    g["optimizer"] = optimizers(g)
-    return g
+    """Completed wide rows of the panel at its longest duration, settings normalised (selection.panel_rows)."""
+    g = panel_rows(df, *PANEL)
+    g = g[g.status == "completed"]
+    return g[g.duration == g.duration.max()]
 
 
 def _pick(g: pd.DataFrame, *, method: str, lr: float | None = None, rank: int | None = None,
