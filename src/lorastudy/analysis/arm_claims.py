@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.learning_forgetting import (CLAIM_COLUMNS, _row, compare_arms, forgetting_metrics)
+from lorastudy.analysis.learning_forgetting import (CLAIM_COLUMNS, MAIN_ARMS, _row, chosen_runs, compare_arms,
+                                                   forgetting_metrics)
 from lorastudy.analysis.selection import panel_rows
 from lorastudy.config import Profile
-from lorastudy.tuning import keep_chosen
 
 PANEL = ("code", "ift")  # where the paper ran its extra arms
 
@@ -51,7 +51,7 @@ def arm_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> pd.Da
             rows.append(_row(claim, statement, panel, compare_arms(items, a, b, metrics, seed=len(rows)), +1, None))
 
     # Fig 4: LoRA at its highest rank and chosen rate (all seeds) against full FT with weight decay or dropout
-    chosen = _settings(keep_chosen(profile, df[df.arm.isin(["full", "lora"])]))
+    chosen = _settings(chosen_runs(profile, df))
     ranks = sorted(chosen[chosen.method == "lora"].lora_rank.dropna().astype(int).unique())
     if ranks:
         top = ranks[-1]
@@ -93,7 +93,7 @@ def optimizer_comparison(df: pd.DataFrame, items: pd.DataFrame, profile: Profile
     for _, r in g[g.optimizer == "lion"].drop_duplicates("run_id").iterrows():
         rank = None if r.method == "full" else int(r.lora_rank)
         lion = g[g.run_id == r.run_id][["run_id", "checkpoint"]].drop_duplicates()
-        main = g[(g.arm.isin(["full", "lora"])) & (g.method == r.method)]
+        main = g[g.arm.isin(MAIN_ARMS) & (g.method == r.method)]
         if rank is not None:
             main = main[main.lora_rank.astype(float) == rank]
         for lr in sorted(main.learning_rate.astype(float).unique()):

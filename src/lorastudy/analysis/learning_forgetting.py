@@ -91,10 +91,15 @@ def _main_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df.method != "base") & df.arm.isin(MAIN_ARMS) & (df.status == "completed")]
 
 
+def chosen_runs(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
+    """The main grid's completed rows at the validation-chosen rates (every seed)."""
+    return keep_chosen(profile, _main_runs(df))
+
+
 def main_grid(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
     """What Figs 1-3 draw: the base and the main grid at its validation-chosen rates (every seed), without the
     other candidates and the extra arms."""
-    return pd.concat([df[df.run_id == BASE_ID], keep_chosen(profile, _main_runs(df))], ignore_index=True)
+    return pd.concat([df[df.run_id == BASE_ID], chosen_runs(profile, df)], ignore_index=True)
 
 
 def other_rate_runs(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
@@ -113,7 +118,7 @@ def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: 
     The paper's number is the same difference on its Tables S1-S8, at the rank with the same share of the width.
     `lora_rate="other"`: the same claims with LoRA at its other candidate rate (full FT at its chosen one), so a
     reader sees how much the verdicts hang on the LoRA/full learning-rate ratio (claim ids `other-rate/...`)."""
-    chosen = keep_chosen(profile, _main_runs(df))
+    chosen = chosen_runs(profile, df)
     if lora_rate not in ("chosen", "other"):
         raise ValueError(f"lora_rate must be 'chosen' or 'other', not {lora_rate!r}")
     lora_runs = chosen if lora_rate == "chosen" else other_rate_runs(profile, df)
@@ -230,7 +235,7 @@ def matched_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> p
     """Per panel and rank: does LoRA forget less than full FT at the same learning (claim ids `matched/...`)?
     The comparison that tells "forgets less" from "learns less"; the paper reads it off its Fig 3. Learning is
     matched on the panel's score and, decoding-free, on the answer NLL (negated: higher is more learned)."""
-    runs = keep_chosen(profile, _main_runs(df))
+    runs = chosen_runs(profile, df)
     base = df[df.run_id == BASE_ID][["run_id", "checkpoint", "duration"]].drop_duplicates()
     forget = forgetting_metrics(profile)
     rows = []
@@ -288,7 +293,7 @@ def headroom(df: pd.DataFrame, profile: Profile, ceiling: float = 0.95, margin: 
     chance = chance_levels(profile)
     floor = float(np.mean(list(chance.values())))
     base = df[df.run_id == BASE_ID]
-    runs = keep_chosen(profile, _main_runs(df))
+    runs = chosen_runs(profile, df)
     rows = []
     for (domain, regime), g in runs.groupby(["domain", "regime"]):
         last = g[g.duration == g.duration.max()]
