@@ -22,6 +22,7 @@ from lorastudy.layout import Layout
 from lorastudy.results import collect
 from lorastudy.notebooks import thread_env
 from lorastudy.runner import BUSY, run_locked
+from lorastudy.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "lorastudy.cli"]
@@ -66,6 +67,12 @@ def test_a_held_run_is_left_to_its_holder(tmp_path: Path) -> None:
     with FileLock(str(paths.lock_file)):
         assert run_locked("tiny", tmp_path, RUNS[0]) == BUSY
     assert not paths.failure_record.exists() and not paths.attempts.exists()
+
+
+def test_only_with_an_unknown_run_id_fails_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no-such-run"):
+        run_sweep(load_profile("tiny"), "tiny", out_root=tmp_path, only=[RUNS[0], "no-such-run"])
+    assert not any(tmp_path.iterdir())  # nothing built, nothing written
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,13 @@ def test_sweep_runs_every_notebook_and_writes_results(uninterrupted: Path) -> No
                 "seed", "duration_unit", "duration", "tokens_seen", "metric", "value"]:
         assert col in df.columns
     assert {"forgetting_avg", "learning_code", "learning_math", "heldout_source_loss"} <= set(df.metric)
+    # the validation NLL that tuning reads is measured at each run's longest duration, and only there
+    trained = df[df.run_id != "base"]
+    val = trained[trained.metric.str.startswith("val_answer_nll_")]
+    longest = trained.groupby("run_id").duration.transform("max")
+    assert set(val.run_id) == set(trained.run_id)
+    assert (val.duration == longest[val.index]).all()
+    assert val.groupby("run_id").size().eq(1).all()
 
 
 def test_rerun_skips_finished_runs(uninterrupted: Path, env: dict[str, str]) -> None:

@@ -5,7 +5,9 @@ skipped, a run another process holds is waited for, a failed run is recorded and
 """
 from __future__ import annotations
 
+import itertools
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -88,58 +90,121 @@ def _wait_for(out_root: Path, run_id: str) -> Outcome:
     return Outcome(run_id, BUSY)
 
 
+class _Worker:
+    """One `python -m lorastudy.runner --serve` process: runs the ids it is sent one after another in one kernel
+    that it keeps across runs, and answers each with its status on a pipe of its own."""
+
+    def __init__(self, profile_ref: str, out_root: Path, threads: int | None, log: Path) -> None:
+        read_fd, write_fd = os.pipe()
+        cmd = [sys.executable, "-m", "lorastudy.runner", profile_ref, str(out_root), "--serve",
+               "--reply-fd", str(write_fd)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        env = {**os.environ, **thread_env(threads), "PYTHONUNBUFFERED": "1"}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as fh:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                         env=env, cwd=PROJECT_ROOT, pass_fds=(write_fd,))
+        os.close(write_fd)
+        self.replies = os.fdopen(read_fd, encoding="utf-8")
+
+    def run(self, run_id: str) -> str | int:
+        """The run's status, or the exit code of a worker that died on it."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(run_id + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return self.proc.wait()
+        line = self.replies.readline().strip()
+        return line if line else self.proc.wait()
+
+    def close(self) -> None:
+        """End of input: the worker shuts its kernel down and exits."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.replies.close()
+
+
 class LocalExecutor:
-    """`workers` processes at once on this machine, each `python -m lorastudy.runner` with `threads` threads;
-    a run's output goes to RUN/sweep.log, the progress bar shows what every worker is doing."""
+    """`workers` processes at once on this machine (`lorastudy.runner --serve` with `threads` threads each,
+    every one keeping its kernel across the runs it is given); a run's output goes to RUN/sweep.log, the
+    progress bar shows what every worker is doing."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._started = itertools.count()
+
+    def _worker(self, profile_ref: str, out_root: Path) -> _Worker:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return _Worker(profile_ref, out_root, self.plan.threads, Layout(out_root).worker_log(f"{os.getpid()}-{next(self._started)}"))
 
     def _one(self, profile_ref: str, out_root: Path, run_id: str) -> Outcome:
         paths = Layout(out_root).run(run_id)
         paths.dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "lorastudy.runner", profile_ref, str(out_root), run_id]
-        if self.plan.threads:
-            cmd += ["--threads", str(self.plan.threads)]
-        env = {**os.environ, **thread_env(self.plan.threads), "PYTHONUNBUFFERED": "1"}
-        with open(paths.sweep_log, "a", encoding="utf-8") as log:
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT).returncode
-        if code == EXIT_CODES[BUSY]:
+        worker = self._worker(profile_ref, out_root)
+        answer = worker.run(run_id)
+        if isinstance(answer, str):
+            self._idle.put(worker)
+        else:
+            worker.close()
+        if answer == BUSY:
             return Outcome(run_id, BUSY)
-        if code == EXIT_CODES[SKIPPED]:  # another sweep finished it between our plan and our turn
+        if answer == SKIPPED:  # another sweep finished it between our plan and our turn
             return Outcome(run_id, SKIPPED)
-        if paths.done() and code == 0:
+        if answer == DONE and paths.done():
             return Outcome(run_id, DONE)
-        if code in (0, 1):
+        if isinstance(answer, str):
             return Outcome(run_id, FAILED, failure(paths))
-        error = f"worker ended with code {code} (killed or crashed; the next sweep redoes the run)"
+        error = f"worker ended with code {answer} (killed or crashed; the next sweep redoes the run)"
         write_json(paths.failure_record, {"run_id": run_id, "error": error, "time": time.time()})
         return Outcome(run_id, FAILED, error)
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str],
             on_done: Callable[[Outcome], None]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         running: dict[Future, str] = {}
-        queue = list(run_ids)
+        todo = list(run_ids)
         with ThreadPoolExecutor(max_workers=self.plan.workers) as pool, \
-                tqdm(total=len(queue), desc="runs", unit="run") as bar:
-            while queue or running:
-                while queue and len(running) < self.plan.workers:
-                    run_id = queue.pop(0)
-                    running[pool.submit(self._one, profile_ref, out_root, run_id)] = run_id
-                bar.set_postfix_str(" | ".join(running.values()), refresh=True)
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    run_id = running.pop(fut)
-                    outcome = fut.result()
-                    if outcome.status == BUSY:  # held by another sweep: wait for it, redo it if it died
-                        outcome = _wait_for(out_root, run_id)
-                        if outcome.status == BUSY:
-                            queue.append(run_id)
-                            continue
-                    outcomes.append(outcome)
-                    on_done(outcome)
-                    bar.update()
+                tqdm(total=len(todo), desc="runs", unit="run") as bar:
+            try:
+                while todo or running:
+                    while todo and len(running) < self.plan.workers:
+                        run_id = todo.pop(0)
+                        running[pool.submit(self._one, profile_ref, out_root, run_id)] = run_id
+                    bar.set_postfix_str(" | ".join(running.values()), refresh=True)
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        run_id = running.pop(fut)
+                        outcome = fut.result()
+                        if outcome.status == BUSY:  # held by another sweep: wait for it, redo it if it died
+                            outcome = _wait_for(out_root, run_id)
+                            if outcome.status == BUSY:
+                                todo.append(run_id)
+                                continue
+                        outcomes.append(outcome)
+                        on_done(outcome)
+                        bar.update()
+            finally:
+                self.close()
         return outcomes
 
 

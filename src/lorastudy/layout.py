@@ -158,6 +158,10 @@ class Layout:
     def base_lock(self) -> Path:
         return self.base_dir / ".lock"
 
+    def worker_log(self, name: str) -> Path:
+        """What a local sweep worker prints outside its runs (each run's output goes to its own sweep.log)."""
+        return self.root / "workers" / f"worker-{name}.log"
+
     @property
     def jobs_dir(self) -> Path:
         """submitit's job folders (scripts, logs, pickled results) of a cluster sweep."""

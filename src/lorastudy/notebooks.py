@@ -1,9 +1,9 @@
 """Executing the project's notebooks with papermill: atomically, with a failed notebook kept for the reader.
 
 Every step of a sweep is an executed notebook written into the output folder, so the executed notebooks are
-the book's appendix. A run's two notebooks may share one kernel (`kernel()`), its namespace cleared between
-them (`reset`): the second then starts without a kernel start-up or a second import of torch, and without
-any variable of the first."""
+the book's appendix. Notebooks may share one kernel (`kernel()`), its namespace cleared between them
+(`reset`): the next then starts without a kernel start-up or a second import of torch, and without any
+variable of the one before. A sweep worker keeps one kernel for all the runs it is given."""
 from __future__ import annotations
 
 import json
@@ -29,13 +29,19 @@ def thread_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def kernel() -> Iterator[Any]:
-    """A started python3 kernel in the project root, shut down on leaving."""
+def start_kernel(**launch: Any) -> Any:
+    """A started python3 kernel in the project root; `launch`: Popen arguments (e.g. stdout, stderr)."""
     from jupyter_client.manager import KernelManager  # heavy: jupyter machinery, only when executing
 
     km = KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(PROJECT_ROOT))
+    km.start_kernel(cwd=str(PROJECT_ROOT), **launch)
+    return km
+
+
+@contextmanager
+def kernel(**launch: Any) -> Iterator[Any]:
+    """A started python3 kernel in the project root, shut down on leaving."""
+    km = start_kernel(**launch)
     try:
         yield km
     finally:

@@ -117,6 +117,11 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     """Base, runs and analyses; resumable and atomic. A failed run is recorded and the other runs go on;
     without `continue_on_error` the sweep then stops before the analyses with RunFailed."""
     out_root = out_root or profile.out_dir()
+    if only:
+        unknown = sorted(set(only) - {s.run_id for s in plan_runs(profile)})
+        if unknown:
+            raise ValueError(f"--only names run ids the profile does not plan: {unknown} "
+                             f"(see `lorastudy sweep {profile_ref} --dry-run`)")
     out_root.mkdir(parents=True, exist_ok=True)
     layout = Layout(out_root)
     report = SweepReport()

@@ -101,9 +101,10 @@ Items = list[dict[str, Any]]  # per-item results: {"item", "metric", "value"}, t
 
 
 def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str], progress: bool = True,
-                   out_dir: Path | None = None) -> tuple[dict[str, float], Items]:
+                   out_dir: Path | None = None, validation: bool = True) -> tuple[dict[str, float], Items]:
     """All metrics of one model - learning on `domains` (and the reference answers' NLL), forgetting (and its
-    mean), held-out losses - and the per-item values behind each mean."""
+    mean), held-out losses - and the per-item values behind each mean. `validation`: also the validation
+    answer NLL (learning rates are chosen on it at a run's longest duration only)."""
     metrics: dict[str, float] = {}
     items: Items = []
 
@@ -131,7 +132,7 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
             metrics.update({f"humaneval_{k}": v for k, v in r.items() if k.startswith(kinds)})
             record(f"learning_{domain}", ids, r["items"]["pass@1"])
         nll(f"answer_nll_{domain}", domain, test)
-        if domain in profile.eval.validation:
+        if validation and domain in profile.eval.validation:
             nll(f"val_answer_nll_{domain}", domain, load_spec(profile, profile.eval.validation[domain]))
     forgetting = []
     for name, cfg in profile.eval.forgetting.items():
@@ -180,6 +181,7 @@ def evaluate_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bo
     summary = read_json(paths.train_record)
     tok = profile_tokenizer(profile)
     rows: list[dict[str, Any]] = []
+    longest = max(meta["duration"] for meta in summary["checkpoints"])
     for meta in summary["checkpoints"]:
         label = meta["checkpoint"]
         path = paths.eval_record(label)
@@ -188,7 +190,8 @@ def evaluate_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bo
             model = load_finetuned(profile, spec.method, paths.checkpoint(label)).to(device())
             loaded = time.perf_counter()
             metrics, items = evaluate_model(model, tok, profile, domains=[spec.domain], progress=progress,
-                                            out_dir=paths.eval_outputs(label))
+                                            out_dir=paths.eval_outputs(label),
+                                            validation=meta["duration"] == longest)  # where tuning reads it
             write_json(path, {"rows": result_rows(spec.run_id, meta, metrics, time.perf_counter() - loaded),
                               "items": items, "load_seconds": loaded - start})
             del model
