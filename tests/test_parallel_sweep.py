@@ -100,6 +100,8 @@ def test_two_workers_give_the_numbers_of_one(twice: Path, env: dict[str, str], t
     proc = subprocess.run(sweep_cmd("tiny", serial, "--workers", "1", "--only", *RUNS), env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(Layout(serial).run(r).sweep_record.read_text()) for r in RUNS]
+    assert len({r["kernel_pid"] for r in records}) == 1  # one worker: one kernel kept across its runs
     pd.testing.assert_frame_equal(rows(twice).drop(columns=["eval_seconds"], errors="ignore"),
                                   rows(serial).drop(columns=["eval_seconds"], errors="ignore"), check_exact=True)
 

@@ -42,7 +42,20 @@ def uninterrupted(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("tiny-a")
     proc = sweep(["tiny", "--output", str(out)], env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    TERMINAL["uninterrupted"] = proc.stdout + proc.stderr
     return out
+
+
+TERMINAL: dict[str, str] = {}  # what a sweep printed, by fixture
+
+
+def test_the_terminal_shows_base_progress_and_a_line_per_run(uninterrupted: Path) -> None:
+    text = TERMINAL["uninterrupted"]
+    assert "base pre-training" in text and "tokens/s" in text  # the bar read from the Trainer's progress file
+    assert "running over TCP" not in text  # kernel noise stays in the logs
+    runs = runs_to_train(load_profile("tiny"), table(uninterrupted))
+    for spec in runs:
+        assert f"[run] {spec.run_id} (" in text and f"learning_{spec.domain} " in text
 
 
 def test_sweep_runs_every_notebook_and_writes_results(uninterrupted: Path) -> None:

@@ -16,6 +16,9 @@ from lorastudy.config import TARGET_MODULES
 from lorastudy.modeling import apply_lora, count_parameters, weight_deltas
 from lorastudy.tokenizer import build_tokenizer
 from lorastudy.data.examples import IGNORE, pack_cpt, tokenize_ift
+from lorastudy.io import read_json, write_json
+from lorastudy.layout import PROGRESS_ENV
+from lorastudy.sweep import TrainingBar
 from lorastudy.training import checkpoint_steps, fit, training_arguments
 
 TEXTS = [
@@ -229,3 +232,26 @@ def test_a_branch_point_inside_the_warmup_is_refused() -> None:
 
     with pytest.raises(ValueError, match="warmup"):
         branch_points({2: 1.0, 20: 10.0}, 0.5, warmup_steps=2)
+
+
+def test_training_reports_its_progress_to_the_file_the_environment_names(model, tok, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    progress = tmp_path / "progress.json"
+    monkeypatch.setenv(PROGRESS_ENV, str(progress))
+    ckpt = _fit(model, tok, tmp_path, "p")
+    p = read_json(progress)
+    assert p["step"] == p["steps"] == 6  # the last step is always written
+    assert p["tokens"] == ckpt.saved[-1]["tokens_seen"] and p["seconds"] > 0
+
+
+def test_the_training_bar_follows_the_progress_file(tmp_path: Path) -> None:
+    progress = tmp_path / "progress.json"
+    write_json(progress, {"step": 9, "steps": 9, "tokens": 1, "seconds": 1})  # stale: from an earlier build
+    bar = TrainingBar(progress, "pre-training")
+    bar()
+    assert bar.bar is None  # the stale file was removed, nothing to show yet
+    for step in (3, 7):
+        write_json(progress, {"step": step, "steps": 10, "tokens": 100 * step, "seconds": step})
+        bar()
+        assert bar.bar.n == step and bar.bar.total == 10 and "100 tokens/s" in bar.bar.postfix
+    bar.close()

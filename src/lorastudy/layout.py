@@ -33,6 +33,7 @@ CHECKPOINT_RECORD = "checkpoint.json"  # inside every checkpoint folder
 TRAINER_DIR = "trainer"  # Trainer's own scratch folder inside a run (removed after training)
 BASE_ID = "base"  # the base model's run id in the results table
 FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK, BASE_NOTEBOOK = "01_finetune.ipynb", "02_evaluate.ipynb", "00_base_model.ipynb"
+PROGRESS_ENV = "LORASTUDY_PROGRESS"  # names a JSON file a notebook's Trainer reports its progress to
 
 
 def cache_root() -> Path:
@@ -153,6 +154,11 @@ class Layout:
     @property
     def base_log(self) -> Path:
         return self.base_dir / "base.log"
+
+    @property
+    def base_progress(self) -> Path:
+        """The base pre-training's progress while it runs (lorastudy.training.ProgressFile)."""
+        return self.base_dir / "progress.json"
 
     @property
     def base_lock(self) -> Path:

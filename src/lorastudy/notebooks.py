@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,14 +108,24 @@ def describe_error(err: BaseException) -> str:
 
 
 def execute_in_process(notebook: str, out: Path, parameters: dict[str, Any], *, log: Path,
-                       threads: int | None) -> str | None:
-    """`execute` in a process of its own at a fixed thread count, its output in `log`; None, or the error."""
+                       threads: int | None, env: dict[str, str] | None = None,
+                       poll: Callable[[], None] | None = None) -> str | None:
+    """`execute` in a process of its own at a fixed thread count, its output in `log`; None, or the error.
+    `env`: more environment for it; `poll`: called about once a second while it runs (a progress display)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "lorastudy.notebooks", notebook, str(out), json.dumps(parameters)]
     with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
-                              env={**os.environ, **thread_env(threads)})
-    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
+                                env={**os.environ, **thread_env(threads), **(env or {})})
+        stderr = ""
+        while True:
+            try:
+                stderr = proc.communicate(timeout=1.0)[1]
+                break
+            except subprocess.TimeoutExpired:
+                if poll is not None:
+                    poll()
+    return None if proc.returncode == 0 else (stderr.strip().splitlines() or ["failed"])[-1]
 
 
 def is_exclusive(notebook: str) -> bool:

@@ -73,6 +73,7 @@ def run_locked(profile_ref: str, out_root: str | Path, run_id: str, *, threads: 
         started = time.time()
         shared = km is not None
         with nullcontext(km) if shared else kernel() as k:  # one kernel for both notebooks
+            kernel_pid = getattr(k.provisioner, "pid", None)
             if shared:  # a worker's kernel kept across runs: nothing of the run before survives
                 reset(k)
             for notebook in (FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK):
@@ -85,6 +86,7 @@ def run_locked(profile_ref: str, out_root: str | Path, run_id: str, *, threads: 
             raise RuntimeError(f"{EVALUATE_NOTEBOOK} finished without writing {paths.results_record}")
         write_json(paths.sweep_record, {"run_id": run_id, "notebook_seconds": timings, "threads": threads,
                                         "kernel": "kept by the worker" if shared else "own",
+                                        "kernel_pid": kernel_pid,
                                         "started": started, "finished": time.time(), "pid": os.getpid(),
                                         "host": socket.gethostname()})
         return DONE

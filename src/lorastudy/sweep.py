@@ -19,8 +19,8 @@ from lorastudy.config import Profile
 
 from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, cpu_count, plan_workers
-from lorastudy.io import write_json
-from lorastudy.layout import BASE_NOTEBOOK, Layout
+from lorastudy.io import read_json, write_json
+from lorastudy.layout import BASE_NOTEBOOK, PROGRESS_ENV, Layout
 from lorastudy.notebooks import execute_in_process, is_exclusive, notebook_parameters
 from lorastudy.results import collect, collect_items, write_table
 from lorastudy.runner import DONE, FAILED
@@ -60,15 +60,59 @@ def plan_table(profile: Profile, out_root: Path | None = None) -> list[dict[str,
     return rows
 
 
+class TrainingBar:
+    """A notebook's training progress as one terminal line (steps, tokens/s, ETA), read from the file its
+    Trainer writes (lorastudy.training.ProgressFile) while the notebook runs in a process of its own."""
+
+    def __init__(self, path: Path, desc: str) -> None:
+        self.path, self.desc, self.bar = path, desc, None
+        path.unlink(missing_ok=True)  # a stale file from an earlier build would show it finished
+
+    def __call__(self) -> None:
+        try:
+            p = read_json(self.path)
+        except (OSError, ValueError):  # not written yet
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=p["steps"], desc=self.desc, unit="step")
+        self.bar.update(p["step"] - self.bar.n)
+        self.bar.set_postfix_str(f"{p['tokens'] / max(p['seconds'], 1e-9):,.0f} tokens/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def headline(layout: Layout, spec: RunSpec) -> str:
+    """One line for a finished run: its learning, forgetting and answer NLL at its longest duration."""
+    paths = layout.run(spec.run_id)
+    rows = read_json(paths.results_record)["rows"]
+    if not rows:
+        return f"{spec.run_id}: no checkpoint evaluated"
+    longest = max(rows, key=lambda r: r["tokens_seen"])
+    m = {r["metric"]: r["value"] for r in rows if r["checkpoint"] == longest["checkpoint"]}
+    names = [f"learning_{spec.domain}", "forgetting_avg", f"answer_nll_{spec.domain}"]
+    shown = ", ".join(f"{n} {m[n]:.3f}" for n in names if n in m)
+    seconds = sum(read_json(paths.sweep_record).get("notebook_seconds", {}).values()) if paths.sweep_record.is_file() else 0
+    return f"{spec.run_id} ({seconds:.0f} s): {shown} at {longest['checkpoint']}"
+
+
 def ensure_base(profile_ref: str, out_root: Path, threads: int | None) -> None:
     """The base notebook, once: a second sweep on the same folder waits for the first one's."""
     layout = Layout(out_root)
     layout.base_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(layout.base_lock)):
         if not layout.base_notebook.is_file():
-            print(f"[base] building / evaluating the base model ({threads} threads; log: base/base.log)")
-            error = execute_in_process(BASE_NOTEBOOK, layout.base_notebook, notebook_parameters(profile_ref, out_root),
-                                       log=layout.base_log, threads=threads)
+            print(f"[base] building (if not cached) and evaluating the base model ({threads} threads; "
+                  f"log: base/base.log)")
+            bar = TrainingBar(layout.base_progress, "base pre-training")
+            try:
+                error = execute_in_process(BASE_NOTEBOOK, layout.base_notebook,
+                                           notebook_parameters(profile_ref, out_root), log=layout.base_log,
+                                           threads=threads, env={PROGRESS_ENV: str(layout.base_progress)},
+                                           poll=bar)
+            finally:
+                bar.close()
             if error:
                 raise RuntimeError(f"the base notebook failed: {error} (see {layout.base_log})")
 
@@ -125,6 +169,7 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     out_root.mkdir(parents=True, exist_ok=True)
     layout = Layout(out_root)
     report = SweepReport()
+    planned = {s.run_id: s for s in plan_runs(profile)}
     clock = {"start": time.perf_counter()}
     ensure_base(profile_ref, out_root, cpu_count())  # alone on the machine: every core
     clock["base"] = time.perf_counter()
@@ -132,6 +177,7 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     def record(outcome: Outcome) -> None:
         if outcome.status == DONE:
             report.done.append(outcome.run_id)
+            tqdm.write(f"[run] {headline(layout, planned[outcome.run_id])}")
         elif outcome.status == FAILED:
             report.failed[outcome.run_id] = outcome.error
             print(f"[sweep] FAILED {outcome.run_id}: {outcome.error}")

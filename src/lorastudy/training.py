@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, ProgressCallback, Trainer, TrainerCall
 from lorastudy.config import Profile
 from lorastudy.data.examples import PadCollator
 from lorastudy.io import write_json
-from lorastudy.layout import CHECKPOINT_RECORD, TRAINER_DIR, RunPaths
+from lorastudy.layout import CHECKPOINT_RECORD, PROGRESS_ENV, TRAINER_DIR, RunPaths
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -100,6 +100,22 @@ class QuietProgress(ProgressCallback):
     def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
         if self.training_bar is not None and logs and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+
+
+class ProgressFile(TrainerCallback):
+    """Step, steps, tokens and seconds written atomically to a JSON file every few seconds, so that the process
+    that started a notebook can show training progress (the notebook's own output stays in the notebook)."""
+
+    def __init__(self, path: Path, counter: "CountingCollator", every: float = 2.0) -> None:
+        self.path, self.counter, self.every = path, counter, every
+        self.start = self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001 - Trainer's callback signature
+        now = time.perf_counter()
+        if now - self.last >= self.every or state.global_step >= state.max_steps:
+            self.last = now
+            write_json(self.path, {"step": state.global_step, "steps": state.max_steps,
+                                   "tokens": self.counter.tokens, "seconds": now - self.start})
 
 
 class CountingCollator(PadCollator):
@@ -198,6 +214,8 @@ def _trainer(model: PreTrainedModel, examples: list[dict], args: TrainingArgumen
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[ckpt],
                       optimizer_cls_and_kwargs=optimizer_spec(optimizer, args))
     ckpt.trainer = trainer
+    if os.environ.get(PROGRESS_ENV):
+        trainer.add_callback(ProgressFile(Path(os.environ[PROGRESS_ENV]), collator))
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(QuietProgress())
