@@ -22,7 +22,7 @@ from lorastudy.config import Profile
 from lorastudy.io import write_json
 from lorastudy.layout import PROJECT_ROOT, Layout
 from lorastudy.notebooks import thread_env
-from lorastudy.runner import BUSY, DONE, EXIT_CODES, FAILED, SKIPPED, failure, run_lock, run_locked
+from lorastudy.runner import BUSY, DONE, FAILED, SKIPPED, failure, run_lock, run_locked
 
 GIB = 2**30
 RUN_MEMORY_BYTES = {"mini": int(1.5 * GIB), "pretrained": 4 * GIB}  # per run, by base kind; a mini run peaks ~0.8 GiB
@@ -148,7 +148,8 @@ class LocalExecutor:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
-            return _Worker(profile_ref, out_root, self.plan.threads, Layout(out_root).worker_log(f"{os.getpid()}-{next(self._started)}"))
+            log = Layout(out_root).worker_log(f"{os.getpid()}-{next(self._started)}")
+            return _Worker(profile_ref, out_root, self.plan.threads, log)
 
     def _one(self, profile_ref: str, out_root: Path, run_id: str) -> Outcome:
         paths = Layout(out_root).run(run_id)

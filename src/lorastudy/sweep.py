@@ -93,7 +93,8 @@ def headline(layout: Layout, spec: RunSpec) -> str:
     m = {r["metric"]: r["value"] for r in rows if r["checkpoint"] == longest["checkpoint"]}
     names = [f"learning_{spec.domain}", "forgetting_avg", f"answer_nll_{spec.domain}"]
     shown = ", ".join(f"{n} {m[n]:.3f}" for n in names if n in m)
-    seconds = sum(read_json(paths.sweep_record).get("notebook_seconds", {}).values()) if paths.sweep_record.is_file() else 0
+    record = read_json(paths.sweep_record) if paths.sweep_record.is_file() else {}
+    seconds = sum(record.get("notebook_seconds", {}).values())
     return f"{spec.run_id} ({seconds:.0f} s): {shown} at {longest['checkpoint']}"
 
 
