@@ -89,7 +89,7 @@ def headline(layout: Layout, spec: RunSpec) -> str:
     rows = read_json(paths.results_record)["rows"]
     if not rows:
         return f"{spec.run_id}: no checkpoint evaluated"
-    longest = max(rows, key=lambda r: r["tokens_seen"])
+    longest = max(rows, key=lambda r: r["duration"])  # the checkpoint tuning and the claims read
     m = {r["metric"]: r["value"] for r in rows if r["checkpoint"] == longest["checkpoint"]}
     names = [f"learning_{spec.domain}", "forgetting_avg", f"answer_nll_{spec.domain}"]
     shown = ", ".join(f"{n} {m[n]:.3f}" for n in names if n in m)
@@ -162,15 +162,15 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     """Base, runs and analyses; resumable and atomic. A failed run is recorded and the other runs go on;
     without `continue_on_error` the sweep then stops before the analyses with RunFailed."""
     out_root = out_root or profile.out_dir()
+    planned = {s.run_id: s for s in plan_runs(profile)}
     if only:
-        unknown = sorted(set(only) - {s.run_id for s in plan_runs(profile)})
+        unknown = sorted(set(only) - planned.keys())
         if unknown:
             raise ValueError(f"--only names run ids the profile does not plan: {unknown} "
                              f"(see `lorastudy sweep {profile_ref} --dry-run`)")
     out_root.mkdir(parents=True, exist_ok=True)
     layout = Layout(out_root)
     report = SweepReport()
-    planned = {s.run_id: s for s in plan_runs(profile)}
     clock = {"start": time.perf_counter()}
     ensure_base(profile_ref, out_root, cpu_count())  # alone on the machine: every core
     clock["base"] = time.perf_counter()
