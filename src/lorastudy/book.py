@@ -19,10 +19,11 @@ import nbformat
 import pandas as pd
 import yaml
 
-from lorastudy.analysis.claims import claims_of, compact, verdict_text
 from lorastudy.io import write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
+from lorastudy.scorecard import CHAPTER_VERDICTS, figure_labels, scorecard
+from lorastudy.snapshot import describe, from_snapshot
 
 BOOK_DIR = PROJECT_ROOT / "book"
 PAGES_BEFORE = ["methods"]  # static pages between the intro and the chapters
@@ -56,6 +57,7 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
     base = _copy_notebook(base_nb, src, "The base model") if base_nb.is_file() else None
     results = pd.read_csv(layout.results_table) if layout.results_table.is_file() else None
     runs: dict[str, list[str]] = {}
+    snapshot_runs = False
     for run in sorted(p for p in layout.runs_dir.glob("*") if p.is_dir() and _notebooks(p)):
         dest = src / "runs" / run.name
         runs[run.name] = [f"runs/{run.name}/{_copy_notebook(nb, dest, f'{nb.stem} ({run.name})')}"
@@ -63,15 +65,22 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
         write_text(dest / "index.md", _run_page(run.name, results, run))
     if runs:
         write_text(src / "runs" / "index.md", _runs_index(profile_name, list(runs)))
-
+    elif results is not None:  # a snapshot: the run table, and where the runs' notebooks come from
+        runs_table = pd.read_parquet(layout.run_records) if layout.run_records.is_file() else None
+        write_text(src / "runs" / "index.md", _snapshot_runs_page(profile_name, results, runs_table,
+                                                                  from_snapshot(layout)))
+        snapshot_runs = True
     write_text(src / "results.md", _results_page(profile_name, layout.results_table, results, src))
     if layout.claims_table.is_file():  # the landing page reads the same claims table as the chapters
+        labels = figure_labels([src / f"{c}.ipynb" for c in chapters])
+        verdicts = {name: pd.read_csv(layout.chapter_verdict(name)) for name in CHAPTER_VERDICTS
+                    if name in chapters and layout.chapter_verdict(name).is_file()}
         with (src / "intro.md").open("a", encoding="utf-8") as f:
-            f.write(_claims_section(profile_name, pd.read_csv(layout.claims_table)))
+            f.write(scorecard(profile_name, pd.read_csv(layout.claims_table), labels, verdicts))
     toc = _toc([p for p in PAGES_BEFORE if (src / f"{p}.md").is_file()],
                chapters,
                [p for p in PAGES_AFTER if (src / f"{p}.md").is_file()],
-               base, runs)
+               base, runs, snapshot_runs)
     write_text(src / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
     return src
 
@@ -189,8 +198,9 @@ def _has_heading(markdown: str) -> bool:
 
 
 def _toc(before: list[str], chapters: list[str], after: list[str], base: str | None,
-         runs: dict[str, list[str]]) -> dict:
-    """intro → methods → analysis chapters → results → figure map; appendix: base model, then runs."""
+         runs: dict[str, list[str]], snapshot_runs: bool = False) -> dict:
+    """intro → methods → analysis chapters → results → figure map; appendix: base model, then runs (or, from
+    a snapshot, the run table)."""
     study = [*before, *chapters, "results", *after]
     parts = [{"caption": "The study", "chapters": [{"file": f} for f in study]}]
     appendix = [{"file": base}] if base else []
@@ -199,20 +209,29 @@ def _toc(before: list[str], chapters: list[str], after: list[str], base: str | N
             {"file": f"runs/{run_id}/index", "sections": [{"file": p} for p in pages]}
             for run_id, pages in runs.items()
         ]})
+    if snapshot_runs:
+        appendix.append({"file": "runs/index"})
     if appendix:
         parts.append({"caption": "Appendix", "chapters": appendix})
     return {"format": "jb-book", "root": "intro", "parts": parts}
 
 
-def _claims_section(profile_name: str, claims: pd.DataFrame) -> str:
-    """The landing page's answer: the headline claims of this profile's runs with their intervals and verdicts."""
-    main = claims_of(claims, "main")
-    table = compact(main)
-    return (f"\n\n## What our runs say (`{profile_name}`)\n\n{verdict_text(main, 'headline claims')} Each row is a "
-            "difference at the longest duration of its panel with a 95% interval (chapter 10); `paper` is the same "
-            "difference on the paper's tables at the rank with the same share of the width. Every claim, with "
-            f"matched-learning and extra-arm ones, is in `lorastudy claims {profile_name}`.\n\n"
-            + table.to_markdown(index=False) + "\n")
+def _snapshot_runs_page(profile_name: str, results: pd.DataFrame, runs: pd.DataFrame | None,
+                        provenance: dict | None) -> str:
+    """The appendix from a snapshot: every run's settings and status (and its size and time where the
+    snapshot kept them), and how to get the runs' own executed notebooks."""
+    table = results[results.method != "base"].drop_duplicates("run_id")[[*RUN_COLUMNS, "status"]]
+    if runs is not None and len(runs):
+        table = table.merge(runs[["run_id", "trainable", "train_s"]], on="run_id", how="left")
+    table = table.dropna(axis=1, how="all")
+    source = describe(provenance) if provenance else f"the results of the `{profile_name}` profile"
+    return (f"# Runs\n\nThis book was rendered from {source}, which keeps every run's results but not its "
+            f"weights or executed notebooks. The {len(table)} runs are listed below with their settings. Each "
+            "run was trained and evaluated by `notebooks/01_finetune.ipynb` and `notebooks/02_evaluate.ipynb`; "
+            f"`make mini` (or `lorastudy sweep {profile_name}`) re-runs them here, and the book then shows every "
+            "run's executed notebooks in this appendix.\n\n"
+            f'<div style="overflow-x: auto">\n{table.to_html(index=False, na_rep="", border=0, classes="table")}'
+            "\n</div>\n")
 
 
 def _run_page(run_id: str, results: pd.DataFrame | None, run_dir: Path) -> str:

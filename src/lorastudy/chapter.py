@@ -2,12 +2,15 @@
 tables, and the house style. Notebooks then hold calls, display and prose only."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from IPython.display import Markdown
+from myst_nb import glue
 
 from lorastudy.config import Profile, load_profile
 
@@ -16,6 +19,7 @@ from lorastudy.figures.style import style
 from lorastudy.layout import Layout, RunPaths
 from lorastudy.paper import paper_tables
 from lorastudy.results import collect, collect_items
+from lorastudy.summaries import checkpoint_sources, summary
 
 
 @dataclass
@@ -46,7 +50,11 @@ class Chapter:
 
     @cached_property
     def results(self) -> pd.DataFrame:
-        """The long results table of every finished run, the base and released checkpoints."""
+        """The long results table of every finished run, the base and released checkpoints: the sweep's
+        results.csv (or the snapshot's), else collected from the run folders when one is newer than it."""
+        table = self.layout.results_table
+        if table.is_file() and not _newer_than(self.layout.runs_dir.glob("*/results.json"), table):
+            return pd.read_csv(table)
         return collect(self.profile, self.out)
 
     @cached_property
@@ -56,9 +64,32 @@ class Chapter:
         return pd.read_parquet(table) if table.is_file() else collect_items(self.profile, self.out)
 
     @cached_property
+    def sources(self) -> dict[str, str] | None:
+        """The checkpoints here (None in a snapshot): what the chapter's summaries are computed from."""
+        return checkpoint_sources(self.out)
+
+    def summary(self, name: str, settings: dict[str, Any], compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """This chapter's summary `name` (stored under OUT/summaries/CHAPTER-NAME): read when stored with these
+        settings, else computed from the checkpoints here (lorastudy.summaries)."""
+        return summary(self.layout, f"{self.name}-{name}" if self.name else name, settings, compute,
+                       sources=self.sources)
+
+    @cached_property
     def paper(self) -> pd.DataFrame:
         """The paper's Tables S1–S8 in the results table's columns."""
         return paper_tables()
+
+
+def glue_text(**facts: Any) -> None:
+    """Glue each fact as inline markdown, not shown where computed: a chapter's prose cites it as
+    {glue:md}`key`, so every number in the text is the run's."""
+    for key, value in facts.items():
+        glue(key, Markdown(str(value)), display=False)
+
+
+def _newer_than(paths: Any, reference: Path) -> bool:
+    mtime = reference.stat().st_mtime
+    return any(p.stat().st_mtime > mtime for p in paths)
 
 
 def open_chapter(profile: str, output_dir: str = "", name: str = "") -> Chapter:

@@ -147,10 +147,36 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 def cmd_book(args: argparse.Namespace) -> int:
     from lorastudy.book import build_book
+    from lorastudy.executors import plan_workers
+    from lorastudy.layout import Layout
+    from lorastudy.snapshot import seed
+    from lorastudy.sweep import run_analyses
 
     profile = _profile(args)
-    html = build_book(profile.name, _out(args, profile))
-    print(f"book: {html / 'index.html'}")
+    out = _out(args, profile)
+    layout = Layout(out)
+    if seed(profile, out):
+        print(f"[book] {out} has no results: rendering the committed snapshot results/{profile.name}")
+    missing = [n for n in profile.analyses if not layout.analysis_notebook(n).is_file()]
+    if args.execute or missing:
+        if not layout.results_table.is_file():
+            print(f"error: no results in {out} and no snapshot results/{profile.name}: run `lorastudy sweep "
+                  f"{args.profile}` first", file=sys.stderr)
+            return 2
+        todo = profile.analyses if args.execute else missing
+        print(f"[book] executing {len(todo)} chapter(s) on the results in {out}")
+        run_analyses(profile, args.profile, out, plan_workers(profile, len(todo)), only=todo)
+    html = build_book(profile.name, out)
+    print(f"book: {html / 'intro.html'}")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from lorastudy.snapshot import take
+
+    profile = _profile(args)
+    dest = take(profile, _out(args, profile), Path(args.dest) if args.dest else None)
+    print(f"snapshot: {dest}")
     return 0
 
 
@@ -214,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["results"].add_argument("--out", help="write to this file instead of stdout")
     add("claims", cmd_claims, "every claim: estimate, 95%% interval, agrees / disagrees / cannot tell").add_argument(
         "--format", choices=["csv", "md"], default="csv")
-    add("book", cmd_book, "build the Jupyter Book from the executed notebooks")
+    add("book", cmd_book, "build the Jupyter Book: the sweep's executed notebooks, or the chapters executed on "
+        "the committed snapshot results/PROFILE when no sweep ran here").add_argument(
+        "--execute", action="store_true", help="execute every chapter again on the results (new notebook code)")
+    sp = add("snapshot", cmd_snapshot, "copy a finished sweep's tables and chapter summaries to results/PROFILE")
+    sp.add_argument("--dest", help="another snapshot folder than results/PROFILE")
 
     ev = sub.add_parser("eval", help="evaluate a run, or score predictions/samples files")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="WHAT")

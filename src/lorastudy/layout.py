@@ -16,10 +16,17 @@
       analyses/NAME.ipynb, NAME/      an executed chapter and its cache
       results.csv                     the tidy results table
       items.parquet                   per-item results behind it (the bootstrap's input)
+      claims.csv                      every claim with its interval and verdict
+      summaries/NAME.parquet, NAME.json  what a chapter computed from weights (spectra, samples, ...) and
+                                      the settings it was computed with: the chapters' only input besides
+                                      the tables above, so a snapshot of these files renders the book
+      provenance.json                 where the tables came from (a sweep here, or a committed snapshot)
       sweep.json                      the last sweep's phase times, workers and threads
       jobs/                           submitit's job folders of a cluster sweep
       book_src/                       the assembled book source
     CACHE/                            built worlds and mini bases (env LORASTUDY_CACHE)
+    results/PROFILE/                  the committed snapshot: the same files as OUT's tables, summaries and
+                                      provenance (SNAPSHOT_FILES), a few MB
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ TRAINER_DIR = "trainer"  # Trainer's own scratch folder inside a run (removed af
 BASE_ID = "base"  # the base model's run id in the results table
 FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK, BASE_NOTEBOOK = "01_finetune.ipynb", "02_evaluate.ipynb", "00_base_model.ipynb"
 PROGRESS_ENV = "LORASTUDY_PROGRESS"  # names a JSON file a notebook's Trainer reports its progress to
+SNAPSHOTS = PROJECT_ROOT / "results"  # results/PROFILE: the committed snapshot of a profile's study
+SNAPSHOT_FILES = ("results.csv", "items.parquet", "claims.csv", "summaries", "provenance.json")
 
 
 def cache_root() -> Path:
@@ -197,6 +206,10 @@ class Layout:
     def analysis_cache(self, name: str) -> Path:
         return self.analyses_dir / name
 
+    def chapter_verdict(self, name: str) -> Path:
+        """A measurement chapter's verdict table, which the landing page's scorecard reads."""
+        return self.analysis_cache(name) / "verdict.csv"
+
     @property
     def sweep_record(self) -> Path:
         """The last sweep's phases (base, runs, analyses) in seconds, its workers and threads."""
@@ -217,5 +230,32 @@ class Layout:
         return self.root / "claims.csv"
 
     @property
+    def summaries_dir(self) -> Path:
+        return self.root / "summaries"
+
+    @property
+    def run_records(self) -> Path:
+        """One row per trained run (parameters, times): the run folders' facts a snapshot keeps."""
+        return self.summary_table("runs")
+
+    def summary_table(self, name: str) -> Path:
+        """One chapter summary computed from weights or samples (lorastudy.summaries)."""
+        return self.summaries_dir / f"{name}.parquet"
+
+    def summary_record(self, name: str) -> Path:
+        """The settings and sources the summary of the same name was computed with."""
+        return self.summaries_dir / f"{name}.json"
+
+    @property
+    def provenance(self) -> Path:
+        """Where this folder's tables came from: the sweep that wrote them, or the snapshot they were copied from."""
+        return self.root / "provenance.json"
+
+    @property
     def book_source(self) -> Path:
         return self.root / "book_src"
+
+
+def snapshot_layout(profile_name: str) -> Layout:
+    """results/PROFILE: a committed snapshot has an output folder's layout, without runs or checkpoints."""
+    return Layout(SNAPSHOTS / profile_name)

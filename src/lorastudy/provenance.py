@@ -7,8 +7,6 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
-import torch
-
 from lorastudy.config import PROJECT_ROOT, Profile
 
 PACKAGES = ["lorastudy", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers"]
@@ -26,6 +24,8 @@ def git_state() -> dict[str, Any]:
 
 
 def hardware() -> dict[str, Any]:
+    import torch  # heavy: the snapshot and book commands record versions and git state without it
+
     info: dict[str, Any] = {"platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count())

@@ -10,7 +10,7 @@ from lorastudy.config import Profile
 
 from lorastudy.plan import plan_runs
 from lorastudy.io import atomic_path, read_json
-from lorastudy.layout import BASE_ID, Layout
+from lorastudy.layout import BASE_ID, EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout
 
 RUN_COLUMNS = ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
                "weight_decay", "attention_dropout", "use_rslora", "optimizer", "seed", "arm"]
@@ -33,6 +33,31 @@ def collect(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
         rows += read_json(path)["rows"]
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["run_id", "tokens_seen", "metric"], kind="stable").reset_index(drop=True)
+
+
+RUN_RECORD_COLUMNS = ["run_id", "status", "trainable", "total", "n_examples", "train_s", "diverged_at_step",
+                      "finetune_notebook_s", "evaluate_notebook_s", "threads"]
+
+
+def run_records(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
+    """One row per trained run: its parameter counts, training time and the sweep's notebook times — what the
+    book reads of the run folders (trainable shares, the run table) when only a snapshot is here."""
+    layout = Layout(out_root or profile.out_dir())
+    rows = []
+    for spec in plan_runs(profile):
+        paths = layout.run(spec.run_id)
+        if not paths.train_record.is_file():
+            continue
+        train = read_json(paths.train_record)
+        sweep = read_json(paths.sweep_record) if paths.sweep_record.is_file() else {}
+        notebooks = sweep.get("notebook_seconds", {})
+        rows.append({"run_id": spec.run_id, "status": train.get("status"),
+                     **{k: train.get("parameters", {}).get(k) for k in ("trainable", "total")},
+                     "n_examples": train.get("n_examples"), "train_s": train.get("wall_time_s"),
+                     "diverged_at_step": train.get("diverged_at_step"),
+                     "finetune_notebook_s": notebooks.get(FINETUNE_NOTEBOOK),
+                     "evaluate_notebook_s": notebooks.get(EVALUATE_NOTEBOOK), "threads": sweep.get("threads")})
+    return pd.DataFrame(rows, columns=RUN_RECORD_COLUMNS)
 
 
 ITEM_COLUMNS = ["run_id", "checkpoint", "metric", "item", "value"]

@@ -22,7 +22,7 @@ from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, 
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import BASE_NOTEBOOK, PROGRESS_ENV, Layout
 from lorastudy.notebooks import execute_in_process, is_exclusive, notebook_parameters
-from lorastudy.results import collect, collect_items, write_table
+from lorastudy.results import collect, collect_items, run_records, write_table
 from lorastudy.runner import DONE, FAILED
 from lorastudy.tuning import awaits_selection, runs_to_train
 
@@ -126,13 +126,16 @@ def _analysis(profile: Profile, profile_ref: str, out_root: Path, name: str, thr
                               log=layout.analysis_log(name), threads=threads)
 
 
-def run_analyses(profile: Profile, profile_ref: str, out_root: Path, plan: Plan) -> None:
-    """Every chapter, `plan.workers` at a time; chapters that measure speed or memory run alone, last."""
-    shared = [n for n in profile.analyses if not is_exclusive(f"{n}.ipynb")]
-    alone = [n for n in profile.analyses if n not in shared]
+def run_analyses(profile: Profile, profile_ref: str, out_root: Path, plan: Plan,
+                 only: list[str] | None = None) -> None:
+    """Every chapter (or `only` these), `plan.workers` at a time; chapters that measure speed or memory run
+    alone, last."""
+    names = [n for n in profile.analyses if only is None or n in only]
+    shared = [n for n in names if not is_exclusive(f"{n}.ipynb")]
+    alone = [n for n in names if n not in shared]
     errors: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=plan.workers) as pool, \
-            tqdm(total=len(profile.analyses), desc="analyses", unit="chapter") as bar:
+            tqdm(total=len(names), desc="analyses", unit="chapter") as bar:
         futures = {pool.submit(_analysis, profile, profile_ref, out_root, n, plan.threads): n for n in shared}
         for fut in as_completed(futures):
             if (err := fut.result()) is not None:
@@ -212,6 +215,7 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     write_table(collect(profile, out_root), layout.results_table)
     items = collect_items(profile, out_root)
     write_table(items, layout.items_table)
+    write_table(run_records(profile, out_root), layout.run_records)
     if len(items):
         from lorastudy.analysis.claims import compute_claims  # bootstraps: only once the results are in
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import pandas as pd
 import torch
 
 from lorastudy.analysis import linalg
-from lorastudy.analysis.checkpoints import (CKPT_FIELDS, RUN_FIELDS, load_base_on_device, load_checkpoint,
-                                            missing_runs_note, per_checkpoint, weight_measure)
+from lorastudy.analysis.checkpoints import (CKPT_FIELDS, RUN_FIELDS, finished_runs, load_base_fp32,
+                                            load_base_on_device, load_checkpoint, missing_runs_note, per_checkpoint,
+                                            weight_measure)
 from lorastudy.analysis.claims import claim
+from lorastudy.chapter import Chapter
 from lorastudy.config import Profile
 from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
@@ -28,7 +31,7 @@ from lorastudy.io import config_hash
 from lorastudy.modeling import base_matrices, weight_deltas
 from lorastudy.results import wide
 
-__all__ = ["RUNS_NEEDED", "intruder_rows", "intruder_counts", "intruder_summary", "module_pivot", "target_texts",
+__all__ = ["RUNS_NEEDED", "chapter_tables", "analysed_runs", "intruder_rows", "intruder_counts", "intruder_summary", "module_pivot", "target_texts",
            "kl_between", "kl_to_base", "forgetting_drop", "kl_forgetting", "spearman", "missing_note", "runs_line",
            "spearman_line",
            "beyond_verdict"]
@@ -179,6 +182,25 @@ def spearman(x: Iterable[float], y: Iterable[float]) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def chapter_tables(ch: Chapter, *, top_k: int, epsilon: float, kl_prompts: int,
+                   kl_all_checkpoints: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The chapter's two summaries, intruder counts and KL to the base: read from OUT/summaries when stored
+    with these settings (a snapshot), else measured on every finished run's checkpoints."""
+    base = cache(lambda: load_base_fp32(ch.profile))
+    runs = cache(lambda: finished_runs(ch.profile, ch.out))
+    counts = ch.summary("intruders", {"top_k": top_k, "epsilon": epsilon}, lambda: intruder_counts(
+        ch.profile, ch.out, runs(), top_k=top_k, epsilon=epsilon, cache_dir=ch.cache, base=base()))
+    which = "all" if kl_all_checkpoints else "last"
+    kl = ch.summary("kl", {"n_prompts": kl_prompts, "checkpoints": which}, lambda: kl_to_base(
+        ch.profile, ch.out, runs(), n_prompts=kl_prompts, checkpoints=which, cache_dir=ch.cache))
+    return counts, kl
+
+
+def analysed_runs(counts: pd.DataFrame) -> list[Any]:
+    """One row per run of a per-matrix table (with `.method`): what the runs line and the not-run notes read."""
+    return list(counts.drop_duplicates("run_id").itertuples(index=False))
 
 
 def missing_note(runs: Iterable[RunSpec]) -> str:

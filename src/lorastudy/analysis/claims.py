@@ -88,6 +88,29 @@ def verdict_text(table: pd.DataFrame, what: str = "claims") -> str:
     return text
 
 
+def verdict_sentences(table: pd.DataFrame, what: str = "claims") -> str:
+    """The verdicts as sentences, one bullet per claim (markdown), from a claims table (estimate and interval)
+    or a measurement chapter's verdict table (`claim` rows: ours and a detail): what a chapter ends with, so
+    that its text says what its tables say."""
+    if table.empty:
+        return f"No {what} could be computed from this profile's runs."
+    lines = []
+    for row in table.to_dict("records"):
+        where = f"{row['panel']}: " if pd.notna(row.get("panel", None)) and row.get("panel") else ""
+        if "estimate" in row:
+            est, lo, hi = row["estimate"], row.get("ci_low"), row.get("ci_high")
+            ours = (f"ours {est:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]" if pd.notna(est) and pd.notna(lo)
+                    else f"ours {est:+.3f}" if pd.notna(est) else "not measurable here")
+            if pd.notna(row.get("n_seeds", None)):
+                ours += f", {int(row['n_seeds'])} seed{'s' * (int(row['n_seeds']) != 1)}"
+            paper = pd.to_numeric(pd.Series([row.get("paper")]), errors="coerce").iloc[0]
+            ours += f"; paper {paper:+.3f}" if pd.notna(paper) else ""
+        else:
+            ours = str(row.get("detail") or "")
+        lines.append(f"- **{row['verdict']}**: {where}{row['statement']} ({ours}).")
+    return verdict_text(table, what) + "\n\n" + "\n".join(lines)
+
+
 def rate_dependence_text(table: pd.DataFrame) -> str:
     """How the headline verdicts move when LoRA trains at its other candidate rate (markdown), per claim type."""
     main, other = claims_of(table, "main"), claims_of(table, "other-rate")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pandas as pd
 from lorastudy.analysis.checkpoints import (finished_runs, fingerprint, load_base_on_device, load_checkpoint,
                                             missing_runs_note, run_checkpoints)
 from lorastudy.analysis.intervals import CANNOT_TELL, difference, verdict
+from lorastudy.chapter import Chapter
 from lorastudy.config import Profile
 from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
@@ -33,7 +35,7 @@ from lorastudy.figures.style import method_label
 from lorastudy.io import config_hash, read_json, write_json
 from lorastudy.modeling import profile_tokenizer, small_model_threads
 
-__all__ = ["Subject", "RUNS_NEEDED", "PASSK_CLAIM", "code_tasks", "diversity_subjects", "samples_line",
+__all__ = ["chapter_samples", "samples_frame", "per_subject_of", "Subject", "RUNS_NEEDED", "PASSK_CLAIM", "code_tasks", "diversity_subjects", "samples_line",
            "missing_note", "sample_diversity", "sample_all", "unique_counts", "diversity_summary", "pass_at_k_curve",
            "pass_at_k_curves", "pass_at_k_table", "diversity_verdict"]
 
@@ -142,6 +144,42 @@ def sample_all(profile: Profile, out_root: Path, subjects: Sequence[Subject], ta
                **settings: Any) -> PerSubject:
     """`sample_diversity` (same settings) for every subject, by legend label."""
     return {s.label: (s, sample_diversity(profile, out_root, s, tasks, **settings)) for s in subjects}
+
+
+def chapter_samples(ch: Chapter, *, n_tasks: int, n_samples: int, temperatures: Sequence[float], top_p: float,
+                    checkpoint_index: int, batch_size: int, seed: int) -> list[PerSubject]:
+    """The chapter's samples at each temperature, one summary each: read from OUT/summaries when stored with
+    these settings (a snapshot), else sampled from the base and the runs' checkpoints and scored."""
+    tasks = cache(lambda: code_tasks(ch.profile, n_tasks))
+    subjects = cache(lambda: diversity_subjects(ch.profile, ch.out, hidden_size=ch.hidden,
+                                                checkpoint_index=checkpoint_index))
+    shared = {"n_tasks": n_tasks, "n_samples": n_samples, "top_p": top_p, "checkpoint_index": checkpoint_index,
+              "batch_size": batch_size, "seed": seed}
+    out = []
+    for t in temperatures:
+        frame = ch.summary(f"samples-T{t:g}", {**shared, "temperature": t}, lambda t=t: samples_frame(sample_all(
+            ch.profile, ch.out, subjects(), tasks(), temperature=t, n_samples=n_samples, top_p=top_p,
+            batch_size=batch_size, seed=seed, cache_dir=ch.cache)))
+        out.append(per_subject_of(frame))
+    return out
+
+
+def samples_frame(per_subject: PerSubject) -> pd.DataFrame:
+    """Sample records of every model as one table (model order kept): what the chapter stores."""
+    rows = [{"model": label, "key": s.key, "method": s.method, "lora_rank": s.lora_rank, **r}
+            for label, (s, records) in per_subject.items() for r in records]
+    return pd.DataFrame(rows, columns=["model", "key", "method", "lora_rank", "task_id", "completion", "passed"])
+
+
+def per_subject_of(frame: pd.DataFrame) -> PerSubject:
+    """The inverse of `samples_frame`: models (without their run specs) and their records, in stored order."""
+    out: PerSubject = {}
+    for label, rows in frame.groupby("model", sort=False):
+        first = rows.iloc[0]
+        rank = None if pd.isna(first.lora_rank) else int(first.lora_rank)
+        records = rows[["task_id", "completion", "passed"]].to_dict("records")
+        out[str(label)] = (Subject(str(first.key), str(label), str(first.method), rank), records)
+    return out
 
 
 # ----------------------------------------------------------------------------- aggregation

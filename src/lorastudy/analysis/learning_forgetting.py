@@ -11,9 +11,9 @@ import pandas as pd
 from lorastudy.analysis.intervals import CANNOT_TELL, Interval, difference, verdict
 from lorastudy.config import Profile
 from lorastudy.data.sources import load_spec
-from lorastudy.io import read_json
 from lorastudy.layout import BASE_ID, Layout
 from lorastudy.paper import PAPER_HIDDEN_SIZE
+from lorastudy.results import run_records
 from lorastudy.tuning import GROUP, candidates, keep_chosen
 
 MAIN_ARMS = ("full", "lora")  # the sweep arms of the main grid (regularisation and sensitivity arms are apart)
@@ -318,13 +318,53 @@ def ranks_table(profile: Profile, df: pd.DataFrame, out_root: Path) -> pd.DataFr
     width = profile.base.architecture.hidden_size if profile.base.kind == "mini" else PAPER_HIDDEN_SIZE
     lora = _main_runs(df)
     lora = lora[lora.method == "lora"].drop_duplicates("lora_rank").sort_values("lora_rank")
+    layout = Layout(out_root)
+    runs = run_records(profile, out_root)  # from the run folders; a snapshot has only the sweep's table of them
+    runs = (pd.read_parquet(layout.run_records) if runs.empty and layout.run_records.is_file() else runs).set_index("run_id")
     rows = []
     for rank, run_id in zip(lora.lora_rank.astype(int), lora.run_id):
-        record = Layout(out_root).run(run_id).train_record
-        params = read_json(record)["parameters"] if record.is_file() else {}
-        trainable, total = params.get("trainable", np.nan), params.get("total", np.nan)
+        trainable, total = (runs.loc[run_id, ["trainable", "total"]] if run_id in runs.index else (np.nan, np.nan))
         paper_rank = rank * PAPER_HIDDEN_SIZE / width
         rows.append({"rank": rank, "r_over_d": rank / width, "trainable": trainable,
                      "trainable_share": trainable / (total - trainable), "paper_rank": paper_rank,
                      "paper_trainable_share": PAPER_TRAINABLE_SHARE.get(int(paper_rank), np.nan)})
     return pd.DataFrame(rows)
+
+
+def scale_facts(profile: Profile, df: pd.DataFrame, items: pd.DataFrame, claims: pd.DataFrame,
+                out_root: Path) -> dict[str, str]:
+    """The numbers a chapter's prose cites about the study's scale, as text: model size and width, the longest
+    training, evaluation set sizes, seeds, ranks and the chosen learning-rate ratios (glued into the prose)."""
+    runs = run_records(profile, out_root)
+    if runs.empty and Layout(out_root).run_records.is_file():
+        runs = pd.read_parquet(Layout(out_root).run_records)
+    full = runs.merge(df[["run_id", "method"]].drop_duplicates(), on="run_id")
+    full = full[full.method == "full"]
+    params = float(full.total.median()) if len(full) else np.nan
+    grid = chosen_runs(profile, df)
+    cpt, ift = grid[grid.regime == "cpt"], grid[grid.regime == "ift"]
+    base = items[items.run_id == BASE_ID]
+    scored = base[base.metric.str.startswith(("learning_",)) | base.metric.isin(forgetting_metrics(profile))]
+    sizes = scored.groupby("metric").item.nunique()
+    seeds = grid.groupby(["domain", "regime", "method", grid.lora_rank.fillna(0)]).seed.nunique()
+    rates = chosen_rates_table(profile, df)
+    ratios = rates[rates.chosen & (rates.method == "lora")].ratio_to_full.dropna()
+    ranks = sorted(int(r) for r in grid[grid.method == "lora"].lora_rank.dropna().unique())
+    width = profile.base.architecture.hidden_size if profile.base.kind == "mini" else PAPER_HIDDEN_SIZE
+    return {
+        "params": f"{params / 1e6:.2f} million" if np.isfinite(params) else "an unknown number of",
+        "hidden": f"{width}",
+        "cpt_tokens": f"{cpt.tokens_seen.max():,.0f}" if len(cpt) else "no",
+        "ift_epochs": f"{ift.duration.max():g}" if len(ift) else "no",
+        "items": _span(sizes.min(), sizes.max()) if len(sizes) else "no",
+        "seeds": _span(seeds.min(), seeds.max()) if len(seeds) else "no",
+        "ranks": ", ".join(f"r = {r} ({100 * r / width:.3g}% of d)" for r in ranks) or "no LoRA ranks",
+        "lr_ratios": _span(ratios.min(), ratios.max(), "{:.3g}") + "×" if len(ratios) else "not chosen",
+        "n_claims": f"{len(claims)}",
+    }
+
+
+def _span(low: float, high: float, fmt: str = "{:.0f}") -> str:
+    """'150 to 210', or one number when both ends agree."""
+    a, b = fmt.format(low), fmt.format(high)
+    return a if a == b else f"{a} to {b}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from lorastudy.analysis.checkpoints import (CKPT_FIELDS, RUN_FIELDS, base_identi
                                             run_checkpoints, weight_measure)
 from lorastudy.analysis.claims import claim
 from lorastudy.base import base_source
+from lorastudy.chapter import Chapter
 from lorastudy.config import Profile
 from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.modeling import base_matrices, one_thread, small_model_threads, weight_deltas
 
-__all__ = ["delta_ranks", "rank_table", "chapter_ranks", "reference_ranks", "reference_by_type", "matrix_spectra",
+__all__ = ["SpectraTables", "chapter_tables", "delta_ranks", "rank_table", "chapter_ranks", "reference_ranks", "reference_by_type", "matrix_spectra",
            "MatrixDetail", "representative_spectra", "spectrum_ranks", "representative_full_run", "gaussian_tables",
            "rank_summary", "rank_pivot", "lora_rank_table", "missing_note", "profile_lora_ranks", "spectra_verdict"]
 
@@ -218,6 +220,40 @@ def lora_rank_table(ranks: pd.DataFrame, hidden_size: int | None = None) -> pd.D
     if hidden_size:
         table["r_of_d"] = table.lora_rank / hidden_size
     return table
+
+
+@dataclass(frozen=True)
+class SpectraTables:
+    """What chapter 13 computes from weights: the yardsticks, the rank of every ΔW, one matrix in detail."""
+
+    reference: pd.DataFrame
+    ranks: pd.DataFrame
+    detail: MatrixDetail
+
+    def runs(self, method: str) -> list[Any]:
+        """The analysed runs of one method, one row each (with `.method`, for the not-run notes)."""
+        rows = self.ranks[self.ranks.method == method].drop_duplicates("run_id")
+        return list(rows.itertuples(index=False))
+
+
+def chapter_tables(ch: Chapter, *, threshold: float, spectrum_layer: int, spectrum_module: str) -> SpectraTables:
+    """The chapter's three summaries: read from OUT/summaries when stored with these settings (a snapshot),
+    else computed from the checkpoints, loading the base once for all three."""
+    base = cache(lambda: load_base_fp32(ch.profile))
+
+    def detail() -> pd.DataFrame:
+        full = finished_runs(ch.profile, ch.out, method="full")
+        d = representative_spectra(ch.profile, ch.out, full, spectrum_layer, spectrum_module, base=base())
+        return d.table.assign(title=d.title)
+
+    settings = {"threshold": threshold}
+    reference = ch.summary("reference", settings, lambda: reference_ranks(
+        ch.profile, threshold=threshold, cache_dir=ch.cache, base=base()))
+    ranks = ch.summary("ranks", settings, lambda: chapter_ranks(
+        ch.profile, ch.out, threshold=threshold, cache_dir=ch.cache, base=base())[2])
+    table = ch.summary("detail", {"layer": spectrum_layer, "module": spectrum_module}, detail)
+    title = str(table.title.iloc[0]) if len(table) else "no full fine-tuning run"
+    return SpectraTables(reference, ranks, MatrixDetail(table.drop(columns="title"), title))
 
 
 def missing_note(runs: Iterable[RunSpec]) -> str:

@@ -1,0 +1,83 @@
+"""The book's landing-page scorecard: every claim of the study with the paper's number, ours with its
+interval, the verdict and a link to the figure that shows it.
+
+It reads the same tables the chapters read (claims.csv, and the verdict tables the measurement chapters
+write), so the landing page and the chapters cannot disagree.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+from lorastudy.analysis.claims import claims_of, compact, verdict_text
+
+__all__ = ["FIGURE_OF", "FAMILIES", "CHAPTER_VERDICTS", "figure_labels", "figure_for", "scorecard"]
+
+# claim id prefix → the named figure that shows it (longest prefix first: '-nll' before its score claim)
+FIGURE_OF = [("full-learns-more-nll", "fig-answer-nll"), ("cpt-learns-nll", "fig-answer-nll"),
+             ("full-learns-more", "fig-learning"), ("cpt-learns", "fig-learning"),
+             ("lora-forgets-less", "fig-forgetting"), ("matched", "fig-tradeoff"), ("other-rate", "fig-lr-sweep"),
+             ("fig4", "fig-regularization-tradeoff"), ("fig7", "fig-modules"), ("figS3", "fig-alpha")]
+FAMILIES = {"main": "Headline claims at the chosen learning rates (chapter 10, Figs 2–3)",
+            "matched": "Forgetting at matched learning (chapter 10, Fig 3 read at equal learning)",
+            "other-rate": "The headline claims again at LoRA's other candidate rate (chapter 14, Fig S1)",
+            "fig4": "LoRA against weight decay and attention dropout (chapter 11, Fig 4)",
+            "fig7": "Which modules LoRA adapts (chapter 14, Fig 7)",
+            "figS3": "α and rsLoRA (chapter 14, Fig S3)"}
+# chapters whose claims are measurements of weights or samples: their verdict table and its figure
+CHAPTER_VERDICTS = {"12_diversity": ("Diversity of generations (chapter 12, Figs 5 and S9)", "fig-unique"),
+                    "13_spectra": ("The rank of full fine-tuning's update (chapter 13, Figs 6, S7, S8)",
+                                   "fig-rank-duration"),
+                    "15_memory": ("Memory and throughput (chapter 15, Fig S10)", "fig-memory"),
+                    "16_beyond": ("Beyond the paper: intruder dimensions and KL (chapter 16)", "fig-intruders")}
+
+
+def figure_labels(notebooks: list[Path]) -> set[str]:
+    """The figure names (`mystnb.figure.name` cell metadata) of the executed notebooks whose cell drew an
+    image: the labels a page may link to without a dangling reference."""
+    labels = set()
+    for path in notebooks:
+        for cell in nbformat.read(path, as_version=4).cells:
+            name = cell.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("name")
+            if name and any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
+                labels.add(name)
+    return labels
+
+
+def figure_for(claim_id: str) -> str | None:
+    return next((label for prefix, label in FIGURE_OF if claim_id.split("/")[0] == prefix), None)
+
+
+def _link(label: str | None, labels: set[str]) -> str:
+    return f"{{numref}}`{label}`" if label in labels else ""
+
+
+def scorecard(profile_name: str, claims: pd.DataFrame, labels: set[str],
+              chapter_verdicts: dict[str, pd.DataFrame] | None = None) -> str:
+    """The scorecard section (markdown): a count per family, then every claim by family, then the measurement
+    chapters' verdicts."""
+    families = [f for f in FAMILIES if len(claims_of(claims, f))]
+    counts = pd.DataFrame([{"claims": FAMILIES[f], "n": len(g := claims_of(claims, f)),
+                            **{v: int((g.verdict == v).sum()) for v in ("agrees", "disagrees", "cannot tell")}}
+                           for f in families])
+    text = [f"\n\n## Scorecard: what our runs say (`{profile_name}`)\n",
+            f"{verdict_text(claims_of(claims, 'main'), 'headline claims')} A claim *agrees* or *disagrees* with "
+            "the paper only when its 95% interval (a bootstrap over test items, paired between arms, and over "
+            "seeds) excludes zero; otherwise we *cannot tell*, and a tie never agrees. `paper` is the same "
+            "difference on the paper's tables (Llama-2-7B) at the rank with the same share of the width, where "
+            f"the paper reports one. The same table is `lorastudy claims {profile_name}`.\n",
+            counts.to_markdown(index=False) if len(counts) else "No claims in this profile's runs."]
+    for family in families:
+        rows = claims_of(claims, family)
+        table = compact(rows).drop(columns="seeds")
+        table["figure"] = [_link(figure_for(c), labels) for c in rows.claim]
+        text += [f"\n### {FAMILIES[family]}\n", table.to_markdown(index=False)]
+    for name, verdict in (chapter_verdicts or {}).items():
+        title, label = CHAPTER_VERDICTS[name]
+        shown = verdict.assign(figure=_link(label, labels))
+        columns = [c for c in ("statement", "ours", "estimate", "ci_low", "ci_high", "verdict", "figure")
+                   if c in shown]
+        text += [f"\n### {title}\n", shown[columns].round(3).to_markdown(index=False)]
+    return "\n".join(text) + "\n"
