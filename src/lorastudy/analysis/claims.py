@@ -81,10 +81,12 @@ def verdict_text(table: pd.DataFrame, what: str = "claims") -> str:
                                                      ("cannot tell", "cannot tell"))]
     text = f"Of {len(table)} {what}, " + ", ".join(parts) + "."
     against = table[table.verdict == "disagrees"]
-    if len(against):
+    if len(against) and {"panel", "estimate"} <= set(table.columns):
         text += " Against the paper: " + "; ".join(f"{s} ({p}: {e:+.3f} [{lo:+.3f}, {hi:+.3f}])" for s, p, e, lo, hi in
                                                  zip(against.statement, against.panel, against.estimate,
                                                      against.ci_low, against.ci_high)) + "."
+    elif len(against):
+        text += " Against the paper: " + "; ".join(against.statement) + "."
     return text
 
 
