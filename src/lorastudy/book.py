@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -19,17 +20,37 @@ import nbformat
 import pandas as pd
 import yaml
 
+from lorastudy.config import Profile
+from lorastudy.executors import plan_workers
 from lorastudy.io import write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
 from lorastudy.scorecard import CHAPTER_VERDICTS, figure_labels, scorecard
-from lorastudy.snapshot import describe, from_snapshot
+from lorastudy.snapshot import describe, from_snapshot, seed
+from lorastudy.sweep import run_analyses
 
 BOOK_DIR = PROJECT_ROOT / "book"
 PAGES_BEFORE = ["methods"]  # static pages between the intro and the chapters
 PAGES_AFTER = ["figure_map"]  # static pages after the results page
 HIDE_TAG = "remove-cell"  # papermill tags the cell it injects 'injected-parameters'; myst-nb drops 'remove-cell'
 FIRST_METRICS = ["learning_code", "learning_math", "forgetting_avg", "heldout_source_loss"]
+
+
+def render_book(profile: Profile, profile_ref: str, out_root: Path, *, book_dir: Path = BOOK_DIR,
+                execute: bool = False, say: Callable[[str], None] = print) -> Path:
+    """What `lorastudy book` does: seed an output folder without results from the committed snapshot, execute
+    the chapters it lacks (all with `execute`) on its results, and build. Returns the HTML folder."""
+    layout = Layout(out_root)
+    if seed(profile, out_root):
+        say(f"[book] {out_root} has no results: rendering the committed snapshot results/{profile.name}")
+    todo = [n for n in profile.analyses if execute or not layout.analysis_notebook(n).is_file()]
+    if todo:
+        if not layout.results_table.is_file():
+            raise FileNotFoundError(f"no results in {out_root} and no snapshot results/{profile.name}: run "
+                                    f"`lorastudy sweep {profile_ref}` first")
+        say(f"[book] executing {len(todo)} chapter(s) on the results in {out_root}")
+        run_analyses(profile, profile_ref, out_root, plan_workers(profile, len(todo)), only=todo)
+    return build_book(profile.name, out_root, book_dir=book_dir)
 
 
 def build_book(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR, strict: bool = True) -> Path:

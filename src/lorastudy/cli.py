@@ -146,27 +146,10 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    from lorastudy.book import build_book
-    from lorastudy.executors import plan_workers
-    from lorastudy.layout import Layout
-    from lorastudy.snapshot import seed
-    from lorastudy.sweep import run_analyses
+    from lorastudy.book import render_book
 
     profile = _profile(args)
-    out = _out(args, profile)
-    layout = Layout(out)
-    if seed(profile, out):
-        print(f"[book] {out} has no results: rendering the committed snapshot results/{profile.name}")
-    missing = [n for n in profile.analyses if not layout.analysis_notebook(n).is_file()]
-    if args.execute or missing:
-        if not layout.results_table.is_file():
-            print(f"error: no results in {out} and no snapshot results/{profile.name}: run `lorastudy sweep "
-                  f"{args.profile}` first", file=sys.stderr)
-            return 2
-        todo = profile.analyses if args.execute else missing
-        print(f"[book] executing {len(todo)} chapter(s) on the results in {out}")
-        run_analyses(profile, args.profile, out, plan_workers(profile, len(todo)), only=todo)
-    html = build_book(profile.name, out)
+    html = render_book(profile, args.profile, _out(args, profile), execute=args.execute)
     print(f"book: {html / 'intro.html'}")
     return 0
 
