@@ -17,6 +17,7 @@ from lorastudy.config import Profile
 from lorastudy.io import atomic_path, read_json, write_json
 from lorastudy.layout import SNAPSHOT_FILES, Layout, snapshot_layout
 from lorastudy.provenance import git_state, versions
+from lorastudy.results import run_records, write_table
 from lorastudy.summaries import summary_names
 
 __all__ = ["take", "seed", "from_snapshot", "describe"]
@@ -30,6 +31,9 @@ def take(profile: Profile, out_root: Path, dest: Path | None = None) -> Path:
     for required in (source.results_table, source.items_table, source.claims_table):
         if not required.is_file():
             raise FileNotFoundError(f"{required} is missing: run `lorastudy sweep {profile.name}` to the end first")
+    records = run_records(profile, out_root)  # the run folders' facts, fresh where the runs are here
+    if len(records):
+        write_table(records, source.run_records)
     _copy(source, target, SNAPSHOT_FILES[:-1])
     results = pd.read_csv(source.results_table)
     sweep = read_json(source.sweep_record) if source.sweep_record.is_file() else {}
