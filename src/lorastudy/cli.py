@@ -57,8 +57,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"[sweep] stopped before the analyses: {err}", file=sys.stderr)
         return 1
     print(f"[sweep] done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}")
+    from lorastudy.layout import Layout
+
     for run_id, err in report.failed.items():
-        print(f"  FAILED {run_id}: {err}", file=sys.stderr)
+        print(f"  FAILED {run_id}: {err} (log: {Layout(out).run(run_id).sweep_log})", file=sys.stderr)
     return 1 if report.failed else 0
 
 
