@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lorastudy.analysis.beyond import spearman
-from lorastudy.figures.style import (BASE_COLOUR, DOMAINS, FULL_COLOUR, LINESTYLES, REGIMES, blank_panel, ensure_style,
+from lorastudy.figures.style import (BASE_COLOUR, DOMAINS, GUIDE_COLOUR, LINESTYLES, REGIMES, blank_panel, ensure_style,
                                      method_colour, method_label, rank_colour)
 
 __all__ = ["plot_intruders", "plot_kl_forgetting"]
@@ -31,11 +31,11 @@ def plot_intruders(summary: pd.DataFrame, hidden_size: int | None = None) -> Fig
         lora = rows[rows.method == "lora"].sort_values("lora_rank")
         for (tm, arm), g in lora.groupby([lora.target_modules.fillna("all"), lora.arm], sort=False):
             label = f"LoRA, {tm} modules" + ("" if arm in {"lora", "modules"} else f" ({arm} arm)")
-            ax.plot(g.lora_rank, g.per_matrix, color="0.6", lw=0.8, zorder=1)
+            ax.plot(g.lora_rank, g.per_matrix, color=GUIDE_COLOUR, lw=0.8, zorder=1)
             ax.scatter(g.lora_rank, g.per_matrix, c=[rank_colour(r) for r in g.lora_rank], zorder=3, s=40,
                        marker={"all": "o", "attention": "s", "mlp": "^"}.get(tm, "D"), label=label, edgecolors="white")
         for k, (_, f) in enumerate(rows[rows.method == "full"].iterrows()):
-            ax.axhline(f.per_matrix, color=FULL_COLOUR, ls=LINESTYLES[k % len(LINESTYLES)], lw=1.2,
+            ax.axhline(f.per_matrix, color=method_colour("full"), ls=LINESTYLES[k % len(LINESTYLES)], lw=1.2,
                        label="full FT" + ("" if f.arm == "full" else f" ({f.arm} arm, {f.run_id})"))
         if lora.empty:
             ax.set_xticks([])

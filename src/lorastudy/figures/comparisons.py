@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lorastudy.analysis.selection import summarise
-from lorastudy.figures.style import BASE_COLOUR, LINESTYLES, MARKERS, duration_axis, ensure_style, method_colour
+from lorastudy.figures.style import (BASE_COLOUR, LINESTYLES, MARKERS, duration_axis, ensure_style, marker_areas,
+                                     method_colour, row_layout, row_legend, seed_legend, seed_line, seed_path,
+                                     several_seeds)
 
 LEARNING_LABELS = {"code": "learning (pass@1)", "math": "learning (exact match)"}
 YLABELS = {"learning": "learning (pass@1 | exact match)", "forgetting": "source accuracy (forgetting, mean of 3)",
@@ -47,55 +48,60 @@ def _domain(sel: pd.DataFrame) -> str | None:
 
 def plot_vs_duration(sel: pd.DataFrame, metrics: Sequence[str] = ("learning", "forgetting"), *,
                      base: dict[str, float] | None = None, title: str = "") -> Figure:
-    """One panel per metric against training duration, one line per `label` (mean over seeds; a band
-    where several seeds exist), the base model dashed."""
+    """One panel per metric against training duration, one line per `label` (mean over seeds, a min–max band
+    where several seeds exist: `style.seed_line`), the base model dashed."""
     ensure_style()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 2.6, 3.2), squeeze=False,
-                             layout="constrained")
+    size, below = row_layout(len(metrics))
+    fig, axes = plt.subplots(1, len(metrics), figsize=size, squeeze=False, layout="constrained")
     styles = line_styles(sel)
-    summ = summarise(sel)
     unit = sel.duration_unit.dropna().iloc[0] if len(sel) and sel.duration_unit.notna().any() else "epochs"
     handles: dict[str, Any] = {}
+    banded = False
     for ax, metric in zip(axes[0], metrics):
         for label in styles:
-            g = summ[summ.label == label].sort_values("duration")
-            raw = sel[sel.label == label].groupby("duration")[metric].agg(["min", "max"])
-            (line,) = ax.plot(g.duration, g[metric], label=label, **styles[label])
-            if (g.n_seeds > 1).any():
-                ax.fill_between(raw.index, raw["min"], raw["max"], color=styles[label]["color"], alpha=0.15, lw=0)
+            line, stats = seed_line(ax, sel[sel.label == label], "duration", metric, label=label, **styles[label])
             handles.setdefault(label, line)
+            banded |= several_seeds(stats)
         if base and not np.isnan(base.get(metric, np.nan)):
             handles.setdefault("base model", ax.axhline(base[metric], color=BASE_COLOUR, ls="--", lw=1.2))
         ax.set_ylabel(metric_label(metric, _domain(sel)))
         duration_axis(ax, unit, sel.duration)
+    if banded:
+        note, handle = seed_legend("band")
+        handles[note] = handle
     if handles:
-        axes[0, -1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.03, 1.0))
+        row_legend(fig, axes[0, -1], list(handles.values()), list(handles), below)
     if title:
         fig.suptitle(title, fontweight="bold")
     return fig
 
 
 def plot_tradeoff(sel: pd.DataFrame, *, base: dict[str, float] | None = None, title: str = "") -> Figure:
-    """Learning (x) against forgetting (y, source accuracy): a line through each label's checkpoints,
-    marker area growing with duration, the base model a grey star."""
+    """Learning (x) against forgetting (y, source accuracy): a path through each label's checkpoints (mean
+    over seeds, min–max error bars on both axes where several seeds exist: `style.seed_path`), marker area
+    growing with duration, the base model a grey star."""
     ensure_style()
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
     styles = line_styles(sel)
-    summ = summarise(sel)
-    if len(summ):
-        logs = np.log(summ.duration.clip(lower=1e-12).astype(float))
-        span = logs.max() - logs.min()
-        summ = summ.assign(size=20 + 110 * ((logs - logs.min()) / span if span > 0 else 0.5))
+    areas = marker_areas(sel.duration) if len(sel) else {}
+    handles: dict[str, Any] = {}
+    barred = False
     for label, kw in styles.items():
-        g = summ[summ.label == label].sort_values("duration")
-        ax.plot(g.learning, g.forgetting, color=kw["color"], linestyle=kw["linestyle"], marker=kw["marker"],
-                markersize=4, lw=1.2, label=label)
-        ax.scatter(g.learning, g.forgetting, s=g["size"], color=kw["color"], marker=kw["marker"], zorder=3)
+        line, stats = seed_path(ax, sel[sel.label == label], "learning", "forgetting", color=kw["color"],
+                                linestyle=kw["linestyle"], marker=kw["marker"], markersize=4, lw=1.2, label=label)
+        ax.scatter(stats.learning, stats.forgetting, s=[areas[float(t)] for t in stats.duration], color=kw["color"],
+                   marker=kw["marker"], zorder=3)
+        handles[label] = line
+        barred |= several_seeds(stats)
     if base and not np.isnan(base.get("learning", np.nan)):
-        ax.scatter([base["learning"]], [base["forgetting"]], marker="*", s=160, color=BASE_COLOUR,
-                   label="base model", zorder=4)
+        handles["base model"] = ax.scatter([base["learning"]], [base["forgetting"]], marker="*", s=160,
+                                           color=BASE_COLOUR, label="base model", zorder=4)
+    if barred:
+        note, handle = seed_legend("bars")
+        handles[note] = handle
     ax.set(xlabel=metric_label("learning", _domain(sel)), ylabel=YLABELS["forgetting"])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0))
+    if handles:
+        ax.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.03, 1.0))
     if title:
         ax.set_title(title)
     return fig

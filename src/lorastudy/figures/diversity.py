@@ -12,7 +12,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from lorastudy.analysis.diversity import Subject
-from lorastudy.figures.style import ensure_style, method_colour
+from lorastudy.figures.style import GUIDE_COLOUR, ensure_style, method_colour
 
 __all__ = ["plot_unique", "plot_pass_at_k"]
 
@@ -30,8 +30,8 @@ def plot_unique(summary: pd.DataFrame, *, n_samples: int | None = None, temperat
         ax.set_xticks(x, summary.model, rotation=30, ha="right")
         ax.set_title(f"{kind} samples")
     axes[0].set_ylabel("per task (mean over tasks)")
-    fig.legend([Patch(color="0.45", alpha=0.25), Patch(color="0.45")], ["samples in the group", "distinct completions"],
-               loc="outside right upper", fontsize="small")
+    fig.legend([Patch(color=GUIDE_COLOUR, alpha=0.25), Patch(color=GUIDE_COLOUR)],
+               ["samples in the group", "distinct completions"], loc="outside right upper", fontsize="small")
     if n_samples is not None and temperature is not None:
         fig.suptitle(f"{n_samples} samples per task at temperature {temperature:g}")
     return fig

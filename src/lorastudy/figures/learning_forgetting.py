@@ -14,9 +14,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lorastudy.figures.style import (BASE_COLOUR, DEFAULT_LABELS, DOMAINS, FULL_COLOUR, LINESTYLES, PAPER_ROW, REGIMES,
-                                     SETTINGS, Legend, blank_panel, duration_axis, ensure_style, format_setting,
-                                     method_label, rank_colour)
+from lorastudy.figures.style import (BASE_COLOUR, DEFAULT_LABELS, DOMAINS, LINESTYLES, PAPER_ROW, REGIMES, SETTINGS,
+                                     Legend, blank_panel, duration_axis, ensure_style, format_setting, marker_areas,
+                                     method_colour, method_label, seed_legend, seed_line, seed_path, several_seeds)
 from lorastudy.paper import PAPER_HIDDEN_SIZE
 
 def _varying_settings(df: pd.DataFrame) -> list[str]:
@@ -59,9 +59,15 @@ def _series(rows: pd.DataFrame, extra: list[str],
                            *(format_setting(c, v) for c, v in zip(extra, values) if pd.notna(v))])
         ident = (method, -1 if pd.isna(rank) else int(rank))
         n = seen[ident] = seen.get(ident, -1) + 1
-        colour = FULL_COLOUR if method != "lora" else rank_colour(rank)
+        colour = method_colour("full" if method != "lora" else "lora", rank)
         order = (0 if method != "lora" else 1, ident[1], n)
         yield label, order, {"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)]}, group
+
+
+def _note(kind: str) -> tuple[str, tuple, Any]:
+    """The seed band's (or bars') legend entry, ordered after the base model."""
+    label, handle = seed_legend(kind)
+    return label, (3,), handle
 
 
 def _title(domain: str, regime: str, row: str | None) -> str:
@@ -101,19 +107,19 @@ def metric_vs_duration(df: pd.DataFrame, metric: str, *, paper: pd.DataFrame | N
     code, math; columns: CPT, IFT).
 
     metric: 'learning' (each panel's `learning_<domain>`), 'forgetting_avg' or any metric of the table.
-    Lines are the mean over seeds with a min–max band where several seeds exist; the base model is a dashed
-    line. `paper` (from `paper_tables()`) adds the paper's row; `hidden_size` labels ranks as fractions of d.
+    Lines are the mean over seeds with a min–max band where several seeds exist (`style.seed_line`); the base
+    model is a dashed line. `paper` (from `paper_tables()`) adds the paper's row; `hidden_size` labels ranks
+    as fractions of d.
     """
     def draw(ax: Axes, data: pd.DataFrame, domain: str, regime: str, d: int | None, legend: Legend) -> bool:
         rows = _panel_rows(data, domain, regime, metric)
         if rows.empty:
             return False
         for label, order, kw, group in _series(rows, _varying_settings(rows), d):
-            stats = group.groupby("duration").value.agg(["mean", "min", "max", "count"]).sort_index()
-            (line,) = ax.plot(stats.index, stats["mean"], marker="o", label=label, **kw)
-            if (stats["count"] > 1).any():
-                ax.fill_between(stats.index, stats["min"], stats["max"], color=kw["color"], alpha=0.2, lw=0)
+            line, stats = seed_line(ax, group, "duration", "value", marker="o", label=label, **kw)
             legend.add(label, order, line)
+            if several_seeds(stats):
+                legend.add(*_note("band"))
         base = _base_value(data, domain, metric)
         if not np.isnan(base):
             legend.add("base model", (2,), ax.axhline(base, color=BASE_COLOUR, ls="--", lw=1.2, label="base model"))
@@ -125,16 +131,10 @@ def metric_vs_duration(df: pd.DataFrame, metric: str, *, paper: pd.DataFrame | N
     return _grid(df, paper, draw, ylabel=ylabel or DEFAULT_LABELS.get(metric, metric), hidden_size=hidden_size)
 
 
-def _marker_sizes(durations: pd.Series) -> np.ndarray:
-    """Marker area grows with log duration inside a panel: budgets double, so equal steps read equal."""
-    logs = np.log(durations.clip(lower=1e-12).to_numpy(dtype=float))
-    span = logs.max() - logs.min()
-    return 20 + 110 * ((logs - logs.min()) / span if span > 0 else np.full_like(logs, 0.5))
-
-
 def tradeoff(df: pd.DataFrame, *, learning_metric: str = "learning", forgetting_metric: str = "forgetting_avg",
              paper: pd.DataFrame | None = None, hidden_size: int | None = None) -> Figure:
-    """Fig 3: learning (x) against forgetting (y), one line through the checkpoints of each run, marker
+    """Fig 3: learning (x) against forgetting (y), one path through the checkpoints of each method/rank (the
+    mean over seeds, min–max error bars on both axes where several seeds exist: `style.seed_path`), marker
     size = duration, the base model as a star; compares methods at equal learning rather than equal
     learning rate. `paper` adds the paper's row (its conditions count as runs)."""
     def draw(ax: Axes, data: pd.DataFrame, domain: str, regime: str, d: int | None, legend: Legend) -> bool:
@@ -143,13 +143,14 @@ def tradeoff(df: pd.DataFrame, *, learning_metric: str = "learning", forgetting_
         points = learn.merge(forget, on=["run_id", "duration"], suffixes=("", "_y"))
         if points.empty:
             return False
-        sizes = pd.Series(_marker_sizes(points.duration), index=points.index)
+        areas = marker_areas(points.duration)
         for label, order, kw, group in _series(points, _varying_settings(points), d):
-            for _, run in group.sort_values("duration").groupby("run_id", sort=True):
-                (line,) = ax.plot(run.value, run.value_y, lw=1, alpha=0.8, **kw)
-                ax.scatter(run.value, run.value_y, s=sizes[run.index], color=kw["color"], zorder=3,
-                           edgecolors="white", linewidths=0.5)
-                legend.add(label, order, line)
+            line, stats = seed_path(ax, group, "value", "value_y", lw=1, alpha=0.8, **kw)
+            ax.scatter(stats.value, stats.value_y, s=[areas[float(t)] for t in stats.duration], color=kw["color"],
+                       zorder=3, edgecolors="white", linewidths=0.5)
+            legend.add(label, order, line)
+            if several_seeds(stats):
+                legend.add(*_note("bars"))
         base = (_base_value(data, domain, learning_metric), _base_value(data, domain, forgetting_metric))
         if not np.isnan(base).any():
             star = ax.scatter(*base, marker="*", s=200, color=BASE_COLOUR, zorder=4, label="base model")
