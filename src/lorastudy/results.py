@@ -44,14 +44,14 @@ def run_records(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
     book reads of the run folders (trainable shares, the run table) when only a snapshot is here."""
     layout = Layout(out_root or profile.out_dir())
     rows = []
-    for spec in plan_runs(profile):
-        paths = layout.run(spec.run_id)
+    folders = sorted(p for p in layout.runs_dir.glob("*") if p.is_dir()) if layout.runs_dir.is_dir() else []
+    for paths in (layout.run(p.name) for p in folders):  # every trained folder, planned now or not
         if not paths.train_record.is_file():
             continue
         train = read_json(paths.train_record)
         sweep = read_json(paths.sweep_record) if paths.sweep_record.is_file() else {}
         notebooks = sweep.get("notebook_seconds", {})
-        rows.append({"run_id": spec.run_id, "status": train.get("status"),
+        rows.append({"run_id": paths.run_id, "status": train.get("status"),
                      **{k: train.get("parameters", {}).get(k) for k in ("trainable", "total")},
                      "n_examples": train.get("n_examples"), "train_s": train.get("wall_time_s"),
                      "diverged_at_step": train.get("diverged_at_step"),
