@@ -156,3 +156,19 @@ def test_the_scorecard_lists_every_claim_and_links_only_drawn_figures():
     assert figure_for("full-learns-more-nll/code-cpt/r1") == "fig-answer-nll"
     assert figure_for("full-learns-more/code-cpt/r1") == "fig-learning"
     assert figure_for("unknown/x") is None
+
+
+def test_stored_claims_are_read_when_their_tables_match_whatever_the_file_times(tmp_path, monkeypatch):
+    import os
+
+    from lorastudy.analysis import claims as claims_module
+
+    sweep_output(tmp_path)
+    layout = Layout(tmp_path)
+    claims_module.write_json(layout.claims_record, {"sources": claims_module.claims_sources(layout)})
+    os.utime(layout.claims_table, (1, 1))  # older than its tables, as a git checkout may leave it
+    monkeypatch.setattr(claims_module, "compute_claims", lambda *a: pytest.fail("recomputed"))
+    assert list(claims_module.claims_table(load_profile("tiny"), tmp_path).claim) == list(CLAIMS.claim)
+    (layout.results_table).write_text(layout.results_table.read_text() + "extra,row\n")  # the results changed
+    monkeypatch.setattr(claims_module, "compute_claims", lambda *a: CLAIMS.iloc[:1])
+    assert len(claims_module.claims_table(load_profile("tiny"), tmp_path)) == 1

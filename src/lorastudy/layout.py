@@ -42,7 +42,7 @@ BASE_ID = "base"  # the base model's run id in the results table
 FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK, BASE_NOTEBOOK = "01_finetune.ipynb", "02_evaluate.ipynb", "00_base_model.ipynb"
 PROGRESS_ENV = "LORASTUDY_PROGRESS"  # names a JSON file a notebook's Trainer reports its progress to
 SNAPSHOTS = PROJECT_ROOT / "results"  # results/PROFILE: the committed snapshot of a profile's study
-SNAPSHOT_FILES = ("results.csv", "items.parquet", "claims.csv", "summaries", "provenance.json")
+SNAPSHOT_FILES = ("results.csv", "items.parquet", "claims.csv", "claims.json", "summaries", "provenance.json")
 
 
 def cache_root() -> Path:
@@ -250,6 +250,11 @@ class Layout:
     def provenance(self) -> Path:
         """Where this folder's tables came from: the sweep that wrote them, or the snapshot they were copied from."""
         return self.root / "provenance.json"
+
+    @property
+    def claims_record(self) -> Path:
+        """The fingerprints of the two tables claims.csv was computed from: when they match, it is current."""
+        return self.root / "claims.json"
 
     @property
     def book_source(self) -> Path:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from lorastudy.analysis.claims import claims_sources
 from lorastudy.config import Profile
 from lorastudy.io import atomic_path, read_json, write_json
 from lorastudy.layout import SNAPSHOT_FILES, Layout, snapshot_layout
@@ -34,6 +35,9 @@ def take(profile: Profile, out_root: Path, dest: Path | None = None) -> Path:
     records = run_records(profile, out_root)  # the run folders' facts, fresh where the runs are here
     if len(records):
         write_table(records, source.run_records)
+    if not source.claims_record.is_file() and all(  # a sweep of before the record: its file times still hold
+            p.stat().st_mtime <= source.claims_table.stat().st_mtime for p in (source.results_table, source.items_table)):
+        write_json(source.claims_record, {"sources": claims_sources(source)})
     _copy(source, target, SNAPSHOT_FILES[:-1])
     results = pd.read_csv(source.results_table)
     sweep = read_json(source.sweep_record) if source.sweep_record.is_file() else {}

@@ -217,9 +217,9 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     write_table(items, layout.items_table)
     write_table(run_records(profile, out_root), layout.run_records)
     if len(items):
-        from lorastudy.analysis.claims import compute_claims  # bootstraps: only once the results are in
+        from lorastudy.analysis.claims import write_claims  # bootstraps: only once the results are in
 
-        write_table(compute_claims(profile, out_root), layout.claims_table)
+        write_claims(profile, out_root)
     if report.failed and not continue_on_error:
         raise RunFailed(f"{len(report.failed)} run(s) failed: " + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
     if analyses:

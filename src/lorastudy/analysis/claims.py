@@ -5,6 +5,7 @@ the text stays true when the results change.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -13,9 +14,10 @@ from lorastudy.analysis.arm_claims import arm_claims
 from lorastudy.analysis.intervals import AGREES, CANNOT_TELL, DISAGREES
 from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS, main_claims, matched_claims
 from lorastudy.config import Profile
+from lorastudy.io import read_json, write_json
 from lorastudy.layout import Layout
 from lorastudy.paper import paper_tables
-from lorastudy.results import collect, collect_items
+from lorastudy.results import collect, collect_items, write_table
 
 def not_run(what: str) -> str:
     """The markdown note a chapter shows where runs are missing (one wording for every chapter)."""
@@ -32,12 +34,28 @@ def claim(statement: str, paper: bool, ours: bool | None, detail: str) -> dict:
 
 def claims_table(profile: Profile, out_root: Path) -> pd.DataFrame:
     """Every claim with an interval, one row each (analysis.learning_forgetting.CLAIM_COLUMNS): the sweep's
-    claims.csv when it is newer than the results it comes from, else computed now."""
+    claims.csv when it was computed from the results and per-item tables as they are now, else computed now."""
     layout = Layout(out_root)
-    cache, sources = layout.claims_table, [layout.results_table, layout.items_table]
-    if cache.is_file() and all(p.is_file() and p.stat().st_mtime <= cache.stat().st_mtime for p in sources):
-        return pd.read_csv(cache)
+    if layout.claims_table.is_file() and layout.claims_record.is_file() and (
+            read_json(layout.claims_record).get("sources") == claims_sources(layout)):
+        return pd.read_csv(layout.claims_table)
     return compute_claims(profile, out_root)
+
+
+def write_claims(profile: Profile, out_root: Path) -> pd.DataFrame:
+    """Compute the claims and store them with the fingerprints of their two source tables (what the sweep
+    does once its results are in): chapters and the landing page then read, never recompute, them."""
+    layout = Layout(out_root)
+    table = compute_claims(profile, out_root)
+    write_table(table, layout.claims_table)
+    write_json(layout.claims_record, {"sources": claims_sources(layout)})
+    return table
+
+
+def claims_sources(layout: Layout) -> dict[str, str | None]:
+    """Content hashes of the results and per-item tables (file times do not survive git or a copy)."""
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
+            for p in (layout.results_table, layout.items_table)}
 
 
 def compute_claims(profile: Profile, out_root: Path) -> pd.DataFrame:
