@@ -6,6 +6,7 @@ write), so the landing page and the chapters cannot disagree.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import nbformat
@@ -34,15 +35,16 @@ CHAPTER_VERDICTS = {"12_diversity": ("Diversity of generations (chapter 12, Figs
                     "16_beyond": ("Beyond the paper: intruder dimensions and KL (chapter 16)", "fig-intruders")}
 
 
-def figure_labels(notebooks: list[Path]) -> set[str]:
+def figure_labels(notebooks: list[Path]) -> dict[str, str]:
     """The figure names (`mystnb.figure.name` cell metadata) of the executed notebooks whose cell drew an
-    image: the labels a page may link to without a dangling reference."""
-    labels = set()
+    image, each with its chapter's number ('10' for 10_learning_forgetting): the labels a page may link to
+    without a dangling reference."""
+    labels = {}
     for path in notebooks:
         for cell in nbformat.read(path, as_version=4).cells:
             name = cell.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("name")
             if name and any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
-                labels.add(name)
+                labels[name] = path.stem.split("_", 1)[0]
     return labels
 
 
@@ -50,11 +52,15 @@ def figure_for(claim_id: str) -> str | None:
     return next((label for prefix, label in FIGURE_OF if claim_id.split("/")[0] == prefix), None)
 
 
-def _link(label: str | None, labels: set[str]) -> str:
-    return f"{{numref}}`{label}`" if label in labels else ""
+def _link(label: str | None, labels: Mapping[str, str] | set[str]) -> str:
+    """A numbered link that names the chapter ('ch. 10, Fig. 3'): figures are numbered per chapter."""
+    if label not in labels:
+        return ""
+    chapter = labels[label] if isinstance(labels, Mapping) else ""
+    return f"{{numref}}`ch. {chapter}, Fig. %s <{label}>`" if chapter else f"{{numref}}`{label}`"
 
 
-def scorecard(profile_name: str, claims: pd.DataFrame, labels: set[str],
+def scorecard(profile_name: str, claims: pd.DataFrame, labels: Mapping[str, str] | set[str],
               chapter_verdicts: dict[str, pd.DataFrame] | None = None) -> str:
     """The scorecard section (markdown): a count per family, then every claim by family, then the measurement
     chapters' verdicts."""

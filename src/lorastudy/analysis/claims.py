@@ -128,7 +128,8 @@ def verdict_sentences(table: pd.DataFrame, what: str = "claims") -> str:
         else:
             ours = str(row.get("detail") or "")
         lines.append(f"- **{row['verdict']}**: {where}{row['statement']} ({ours}).")
-    return verdict_text(table, what) + "\n\n" + "\n".join(lines)
+    counts = verdict_text(table, what).split(" Against the paper:")[0]  # the bullets name each claim
+    return counts + "\n\n" + "\n".join(lines)
 
 
 def rate_dependence_text(table: pd.DataFrame) -> str:
