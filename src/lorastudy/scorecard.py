@@ -53,7 +53,7 @@ def figure_for(claim_id: str) -> str | None:
 
 
 def _link(label: str | None, labels: Mapping[str, str] | set[str]) -> str:
-    """A numbered link that names the chapter ('ch. 10, Fig. 3'): figures are numbered per chapter."""
+    """A numbered link that names the chapter ("ch. 10, Fig. 3"): a figure number alone does not say where."""
     if label not in labels:
         return ""
     chapter = labels[label] if isinstance(labels, Mapping) else ""
