@@ -60,6 +60,14 @@ def run_records(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_RECORD_COLUMNS)
 
 
+def known_runs(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
+    """`run_records` from the run folders where they are here, else the table of them the sweep stored (all a
+    snapshot has)."""
+    runs = run_records(profile, out_root)
+    stored = Layout(out_root or profile.out_dir()).run_records
+    return pd.read_parquet(stored) if runs.empty and stored.is_file() else runs
+
+
 ITEM_COLUMNS = ["run_id", "checkpoint", "metric", "item", "value"]
 
 

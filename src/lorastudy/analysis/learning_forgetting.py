@@ -11,9 +11,9 @@ import pandas as pd
 from lorastudy.analysis.intervals import CANNOT_TELL, Interval, difference, verdict
 from lorastudy.config import Profile
 from lorastudy.data.sources import load_spec
-from lorastudy.layout import BASE_ID, Layout
+from lorastudy.layout import BASE_ID
 from lorastudy.paper import PAPER_HIDDEN_SIZE
-from lorastudy.results import run_records
+from lorastudy.results import known_runs
 from lorastudy.tuning import GROUP, candidates, keep_chosen
 
 MAIN_ARMS = ("full", "lora")  # the sweep arms of the main grid (regularisation and sensitivity arms are apart)
@@ -318,9 +318,7 @@ def ranks_table(profile: Profile, df: pd.DataFrame, out_root: Path) -> pd.DataFr
     width = profile.base.architecture.hidden_size if profile.base.kind == "mini" else PAPER_HIDDEN_SIZE
     lora = _main_runs(df)
     lora = lora[lora.method == "lora"].drop_duplicates("lora_rank").sort_values("lora_rank")
-    layout = Layout(out_root)
-    runs = run_records(profile, out_root)  # from the run folders; a snapshot has only the sweep's table of them
-    runs = (pd.read_parquet(layout.run_records) if runs.empty and layout.run_records.is_file() else runs).set_index("run_id")
+    runs = known_runs(profile, out_root).set_index("run_id")
     rows = []
     for rank, run_id in zip(lora.lora_rank.astype(int), lora.run_id):
         trainable, total = (runs.loc[run_id, ["trainable", "total"]] if run_id in runs.index else (np.nan, np.nan))
@@ -335,9 +333,7 @@ def scale_facts(profile: Profile, df: pd.DataFrame, items: pd.DataFrame, claims:
                 out_root: Path) -> dict[str, str]:
     """The numbers a chapter's prose cites about the study's scale, as text: model size and width, the longest
     training, evaluation set sizes, seeds, ranks and the chosen learning-rate ratios (glued into the prose)."""
-    runs = run_records(profile, out_root)
-    if runs.empty and Layout(out_root).run_records.is_file():
-        runs = pd.read_parquet(Layout(out_root).run_records)
+    runs = known_runs(profile, out_root)
     full = runs.merge(df[["run_id", "method"]].drop_duplicates(), on="run_id")
     full = full[full.method == "full"]
     params = float(full.total.median()) if len(full) else np.nan
