@@ -36,7 +36,7 @@ def collect(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
 
 
 RUN_RECORD_COLUMNS = ["run_id", "status", "trainable", "total", "n_examples", "train_s", "diverged_at_step",
-                      "finetune_notebook_s", "evaluate_notebook_s", "threads"]
+                      "finetune_notebook_s", "evaluate_notebook_s", "threads", "commit"]
 
 
 def run_records(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
@@ -56,8 +56,14 @@ def run_records(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
                      "n_examples": train.get("n_examples"), "train_s": train.get("wall_time_s"),
                      "diverged_at_step": train.get("diverged_at_step"),
                      "finetune_notebook_s": notebooks.get(FINETUNE_NOTEBOOK),
-                     "evaluate_notebook_s": notebooks.get(EVALUATE_NOTEBOOK), "threads": sweep.get("threads")})
+                     "evaluate_notebook_s": notebooks.get(EVALUATE_NOTEBOOK), "threads": sweep.get("threads"),
+                     "commit": _commit(train.get("provenance", {}).get("git", {}))})
     return pd.DataFrame(rows, columns=RUN_RECORD_COLUMNS)
+
+
+def _commit(git: dict[str, Any]) -> str:
+    """'abc123def456' or 'abc123def456 (dirty)': the commit a run was trained with."""
+    return f"{(git.get('commit') or 'unknown')[:12]}{' (dirty)' if git.get('dirty') else ''}"
 
 
 def known_runs(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:

@@ -45,18 +45,8 @@ def take(profile: Profile, out_root: Path, dest: Path | None = None) -> Path:
         "profile": profile.name, "taken": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git": git_state(),
         "versions": versions(), "runs": int(results[results.method != "base"].run_id.nunique()),
         "sweep": {k: sweep.get(k) for k in ("seconds", "workers", "threads_per_run", "executor")},
-        "summaries": summary_names(source), "trained_by": _run_commits(source)})
+        "summaries": summary_names(source), "trained_by": sorted(set(records.commit.dropna()))})
     return target.root
-
-
-def _run_commits(layout: Layout) -> list[str]:
-    """The commits the runs were trained with (each run's provenance), where the run folders are here."""
-    commits = set()
-    records = [layout.run(p.name).train_record for p in layout.runs_dir.glob("*")] if layout.runs_dir.is_dir() else []
-    for record in (r for r in records if r.is_file()):
-        git = read_json(record).get("provenance", {}).get("git", {})
-        commits.add(f"{(git.get('commit') or 'unknown')[:12]}{' (dirty)' if git.get('dirty') else ''}")
-    return sorted(commits)
 
 
 def seed(profile: Profile, out_root: Path, source: Path | None = None) -> bool:
