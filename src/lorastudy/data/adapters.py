@@ -1,7 +1,8 @@
 """Adapters from real datasets (a local snapshot file or a Hugging Face hub id) to lorastudy's record types.
 
 Each dataset's own field names and layouts stop here: training and evaluation only ever see records.
-A local file never touches the network; only a hub id calls `datasets.load_dataset` (imported lazily).
+A local file or folder never touches the network; only a hub id downloads, through `datasets.load_dataset`
+(imported lazily). One reader, `iter_rows`, serves every source; `read_rows` is its first rows as a list.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import json
 import re
 import textwrap
 import warnings
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lorastudy.data.records import CodeTask, InstructionPair, MathProblem, MCItem, Record, TextDoc
 
@@ -39,48 +40,102 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source or any(_file_kind(source))
 
 
-def _read_file(path: Path) -> list[dict]:
-    """Rows of one local file: JSON array or JSON lines, text lines as {"line": ...}, or parquet."""
+def _json_rows(fh: TextIO, name: str, whole: bool) -> Iterator[dict]:
+    """JSON lines one at a time (a line holding an array gives its items). With `whole` (a .json file) a document
+    that is not one value per line, a pretty-printed array or object, is parsed whole: JSON has no lazy form for it."""
+    for n, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            if not whole:
+                raise ValueError(f"{name}: line {n} is not JSON ({err.msg})") from err
+            value = json.loads(line + fh.read())
+        whole = False
+        yield from value if isinstance(value, list) else [value]
+
+
+def _read_file(path: Path) -> Iterator[dict]:
+    """Rows of one local file, lazily: JSON lines and text ({"line": ...}) line by line, parquet by record batch."""
     fmt, comp = _file_kind(path.name)
-    if fmt == ".parquet" and not comp:
+    if fmt == ".parquet":
         import pyarrow.parquet as pq  # heavy: only parquet snapshots need it
 
-        return pq.read_table(path).to_pylist()
-    if fmt in ("", ".parquet"):
-        raise ValueError(f"{path}: unsupported file type; use .json/.jsonl/.txt (optionally .gz or .bz2) or .parquet")
+        for batch in pq.ParquetFile(path).iter_batches():
+            yield from batch.to_pylist()
+        return
     with _COMPRESSION.get(comp, open)(path, "rt", encoding="utf-8") as fh:
-        text = fh.read()
-    lines = text.removesuffix("\n").split("\n") if text else []
-    if fmt == ".txt":
-        return [{"line": line} for line in lines]
-    if fmt == ".json":
-        try:
-            data = json.loads(text)
-            return data if isinstance(data, list) else [data]
-        except json.JSONDecodeError:
-            pass  # not one JSON document: read it as JSON lines
-    return [json.loads(line) for line in lines if line.strip()]
+        if fmt == ".txt":
+            yield from ({"line": line.removesuffix("\n")} for line in fh)
+        else:
+            yield from _json_rows(fh, str(path), whole=fmt == ".json")
 
 
-def _read_hub(source: str, subset: str | None, split: str | None, limit: int | None,
-              streaming: bool | None, **hub_kw: Any) -> list[dict]:
-    """Rows of a hub dataset; with a limit it streams so only the first rows are downloaded."""
-    import datasets  # heavy and networked: only hub ids load through it
+def _folder_config(folder: Path, subset: str | None, hub_kw: dict) -> tuple[str | None, dict]:
+    """(config name, extra load_dataset arguments) that pick `subset` out of a local folder in the hub's layout.
 
-    stream = limit is not None if streaming is None else streaming
-    ds = datasets.load_dataset(source, subset, split=split or "train", streaming=stream, **hub_kw)
-    return [dict(row) for row in itertools.islice(ds, limit)]
+    Hub repos name their subsets in two ways, and a downloaded snapshot keeps either:
+    - README.md front matter with `configs:` (config_name + data_files per split): the subset is the config name;
+    - no declared configs but one folder per subset (`main/test-00000-of-00001.parquet`, `ARC-Challenge/...`):
+      the subset is the `data_dir`. Without such a folder (a flat folder), the subset is ignored, as for a file.
+    Either way `datasets` then finds the split by file name: `SPLIT-00000-of-00001.parquet`, `data/SPLIT-*.parquet`,
+    `SPLIT.jsonl` or a `SPLIT/` folder; files with no split in their name are all `train`.
+    """
+    from huggingface_hub import metadata_load  # installed with datasets; reads the card's YAML as datasets does
+
+    readme = folder / "README.md"
+    card = (metadata_load(readme) if readme.is_file() else None) or {}
+    configs = [c["config_name"] for c in card.get("configs", [])]
+    if configs:
+        if subset is not None and subset not in configs:
+            raise ValueError(f"{folder}/README.md declares configs {configs}, not {subset!r}")
+        return subset, {}
+    if subset and not {"data_dir", "data_files"} & set(hub_kw) and (folder / subset).is_dir():
+        return None, {"data_dir": subset}
+    return None, {}
+
+
+def _read_dataset(source: str, subset: str | None, split: str | None, streaming: bool,
+                  **hub_kw: Any) -> Iterator[dict]:
+    """Rows of a hub id or a local hub-layout folder through `datasets`, loaded now so a bad config fails here."""
+    import datasets  # heavy and networked: only hub ids and folders load through it
+
+    ds = datasets.load_dataset(source, subset, split=split or "train", streaming=streaming, **hub_kw)
+    return (dict(row) for row in ds)
+
+
+def iter_rows(source: str, *, split: str | None = None, subset: str | None = None, streaming: bool | None = None,
+              **hub_kw: Any) -> Iterator[dict]:
+    """Rows one at a time, never the whole source in memory, so continued pre-training can stream a corpus.
+
+    - a local file (split, subset and hub_kw ignored): .jsonl/.json (JSON lines; also .gz/.bz2) and .txt
+      ({"line": ...}) line by line, .parquet by record batch; a .json holding one JSON array is parsed whole;
+    - a local folder in the hub's layout (see `_folder_config`): through `datasets`, streamed unless
+      streaming=False (streaming needs no Arrow copy of the folder in the cache);
+    - a hub id: `datasets.load_dataset`, streamed only when streaming is true.
+    Bad paths fail here, not at the first row.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        fmt, comp = _file_kind(path.name)
+        if not fmt or (fmt == ".parquet" and comp):
+            raise ValueError(f"{path}: unsupported file type; use .json/.jsonl/.txt (optionally .gz or .bz2) "
+                             "or .parquet")
+        return _read_file(path)
+    if path.is_dir():
+        name, extra = _folder_config(path, subset, hub_kw)
+        return _read_dataset(str(path), name, split, streaming is not False, **extra, **hub_kw)
+    if _looks_like_path(source):
+        raise FileNotFoundError(f"data file {source!r} does not exist (it looks like a path, so the hub is not tried)")
+    return _read_dataset(source, subset, split, bool(streaming), **hub_kw)
 
 
 def read_rows(source: str, *, split: str | None = None, subset: str | None = None, limit: int | None = None,
               streaming: bool | None = None, **hub_kw: Any) -> list[dict]:
-    """Rows of a local file (split/subset ignored) or of a hub dataset (only then is anything downloaded)."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return _read_file(path)[:limit]
-    if not path.exists() and _looks_like_path(source):
-        raise FileNotFoundError(f"data file {source!r} does not exist (it looks like a path, so the hub is not tried)")
-    return _read_hub(source, subset, split, limit, streaming, **hub_kw)
+    """The first `limit` rows of iter_rows as a list; with a limit a hub id streams, so only those are downloaded."""
+    stream = True if streaming is None and limit is not None else streaming
+    return list(itertools.islice(iter_rows(source, split=split, subset=subset, streaming=stream, **hub_kw), limit))
 
 
 def _rows(source: str, split: str | None, limit: int | None, kw: dict, default_split: str,
