@@ -98,8 +98,8 @@ def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> di
     shutil.rmtree(tmp / TRAINER_DIR, ignore_errors=True)
     summary = {
         "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
-        "pretrain_tokens": ckpt.counter.tokens, "steps": steps, "wall_time_s": wall,
-        "tokens_per_s": ckpt.counter.tokens / wall, "final_loss": next(
+        "pretrain_tokens": ckpt.tokens_seen, "steps": steps, "wall_time_s": wall,
+        "tokens_per_s": ckpt.tokens_seen / wall, "final_loss": next(
             (h["loss"] for h in reversed(ckpt.log_history) if "loss" in h), None),
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in ckpt.log_history if "loss" in h],
         "world": str(world), "source_mc": source_mc_accuracy(profile, model, tok),

@@ -123,6 +123,7 @@ class Training(_Strict):
     max_grad_norm: PositiveFloat = 1.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False
+    save_every_steps: PositiveInt | None = None  # Trainer's full state this often: a killed run resumes from it
     durations: dict[Regime, list[PositiveFloat]] = Field(
         default_factory=lambda: {"cpt": [100_000, 200_000, 400_000], "ift": [1, 2, 4]}
     )

@@ -38,6 +38,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 CHECKPOINT_RECORD = "checkpoint.json"  # inside every checkpoint folder
 TRAINER_DIR = "trainer"  # Trainer's own scratch folder inside a run (removed after training)
+RUN_STAMP = "attempt.json"  # in TRAINER_DIR: the settings its states were trained with (a resume must match)
 BASE_ID = "base"  # the base model's run id in the results table
 FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK, BASE_NOTEBOOK = "01_finetune.ipynb", "02_evaluate.ipynb", "00_base_model.ipynb"
 PROGRESS_ENV = "LORASTUDY_PROGRESS"  # names a JSON file a notebook's Trainer reports its progress to

@@ -6,7 +6,8 @@ right for training and scoring, left for generation.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from lorastudy.data import prompts
 from lorastudy.data.records import CodeTask, InstructionPair, MathProblem, Record, TextDoc
 
+Block = dict[str, list[int]]
 IGNORE = -100  # the label of a position the loss skips (torch's cross-entropy ignore_index)
 
 
@@ -54,13 +56,39 @@ def to_pair(record: Record, domain: str) -> tuple[str, str]:
     raise TypeError(f"cannot use {type(record).__name__} as an instruction pair")
 
 
-def pack_cpt(texts: Sequence[str], tok: Any, seq_len: int) -> list[dict[str, list[int]]]:
+def pack_blocks(texts: Iterable[str], tok: Any, seq_len: int, *, first_doc: int = 0,
+                offset: int = 0) -> Iterator[tuple[Block, int, int]]:
+    """(block, doc, offset) for each block, with the position of the token that follows it; the texts start at
+    document `first_doc`, whose first `offset` tokens are skipped (a resumed stream re-encodes that one)."""
+    buf: list[int] = []
+    segments: deque[list[int]] = deque()  # [doc, offset of its first buffered token, its tokens in buf]
+    for doc, text in enumerate(texts, start=first_doc):
+        ids = [*bos_ids(tok), *encode(tok, text), tok.eos_token_id]
+        start = offset if doc == first_doc else 0
+        if start >= len(ids):
+            continue
+        buf += ids[start:]
+        segments.append([doc, start, len(ids) - start])
+        while len(buf) >= seq_len:
+            block, buf = buf[:seq_len], buf[seq_len:]
+            left = seq_len
+            while left:  # advance the buffered documents past the block's tokens
+                take = min(left, segments[0][2])
+                segments[0][1] += take
+                segments[0][2] -= take
+                left -= take
+                if not segments[0][2]:
+                    nxt = segments.popleft()
+            after = (segments[0][0], segments[0][1]) if segments else (nxt[0] + 1, 0)
+            yield {"input_ids": block, "labels": list(block)}, *after
+    if buf:
+        yield {"input_ids": buf, "labels": list(buf)}, segments[-1][0] + 1, 0
+
+
+def pack_cpt(texts: Iterable[str], tok: Any, seq_len: int) -> list[Block]:
     """Concatenate bos+doc+eos for every doc and cut into seq_len blocks; the last block is kept short,
     so every token is used exactly once."""
-    stream: list[int] = []
-    for text in texts:
-        stream += [*bos_ids(tok), *encode(tok, text), tok.eos_token_id]
-    return [{"input_ids": stream[i:i + seq_len], "labels": stream[i:i + seq_len]} for i in range(0, len(stream), seq_len)]
+    return [b for b, _, _ in pack_blocks(texts, tok, seq_len)]
 
 
 def tokenize_ift(pairs: Sequence[tuple[str, str]], tok: Any, seq_len: int) -> list[dict[str, list[int]]]:

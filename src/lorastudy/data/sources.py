@@ -1,10 +1,11 @@
 """A profile's datasets as records: `{world}` in a source means the profile's generated mini-world folder."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lorastudy.config import DatasetSpec, Profile
-from lorastudy.data.adapters import load_records
+from lorastudy.data.adapters import iter_texts, load_records
 from lorastudy.data.records import Record
 from lorastudy.data.world import ensure_world
 
@@ -22,7 +23,22 @@ def resolve_source(profile: Profile, source: str) -> str:
 
 def load_spec(profile: Profile, spec: DatasetSpec) -> list[Record]:
     """Records of a dataset spec through its adapter (the same code for local files and hub ids)."""
-    hub = {k: v for k, v in (("subset", spec.subset), ("data_dir", spec.data_dir)) if v is not None}
+    hub: dict = _hub_kw(spec)
     if spec.streaming:  # otherwise the adapter streams exactly when a limit is set
         hub["streaming"] = True
     return load_records(spec.adapter, resolve_source(profile, spec.source), split=spec.split, limit=spec.limit, **hub)
+
+
+def _hub_kw(spec: DatasetSpec) -> dict[str, str]:
+    return {k: v for k, v in (("subset", spec.subset), ("data_dir", spec.data_dir)) if v is not None}
+
+
+def stream_texts(profile: Profile, spec: DatasetSpec) -> Callable[[int], Iterator[str]]:
+    """`open(skip)`: the CPT corpus' documents from document `skip` on (up to the spec's limit), read lazily;
+    what a streamed run (data.stream.StreamData) reads, and reads again from a checkpoint's position."""
+    source = resolve_source(profile, spec.source)
+
+    def open_texts(skip: int) -> Iterator[str]:
+        return iter_texts(spec.adapter, source, split=spec.split, skip=skip, limit=spec.limit, **_hub_kw(spec))
+
+    return open_texts
