@@ -1,7 +1,7 @@
 """Is this machine ready for a profile? Checked before `make reproduce` spends any compute.
 
 GPUs (count ≥ training.num_processes, memory ≥ an estimate of what a run needs), free disk for checkpoints
-and downloads, host memory for the in-memory training data, the hub (reachable; gated models such as
+and downloads, host memory for the training data held in memory (a streamed CPT corpus is not), the hub (reachable; gated models such as
 Llama-2 need a token with access) and every hub model and dataset the profile reads, local data files, and
 the multi-GPU launch config. The mini profiles run on CPU and need none of the GPU or hub items.
 Memory and disk needs are estimates (lorastudy.memory_model's Appendix H model, lorastudy.estimate's sizes).
@@ -14,6 +14,7 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -21,6 +22,7 @@ from lorastudy.config import TARGET_MODULES, ConfigError, DatasetSpec, Profile, 
 
 from lorastudy.plan import plan_runs
 from lorastudy.data.adapters import _looks_like_path
+from lorastudy.data.sources import streams
 from lorastudy.estimate import ModelSize, data_tokens, model_size
 from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run
 from lorastudy.memory_model import activation_bytes, lora_fraction, model_state_bytes
@@ -124,8 +126,18 @@ def _free_bytes(path: Path) -> tuple[Path, int]:
     return path, shutil.disk_usage(path).free
 
 
+def _state_bytes(profile: Profile, run: Any, size: ModelSize) -> float:
+    """Trainer's states a running run keeps on disk until it is trained: one per shorter duration (its cooldown
+    branch resumes it) and the newest periodic one; each is the trainable weights in fp32 plus Adam's two moments."""
+    trainable = size.n_params if run.method == "full" else size.n_params * lora_fraction(
+        size.shapes, int(run.lora_rank or 16), TARGET_MODULES[run.target_modules or "all"])
+    kept = len(profile.training.durations[run.regime]) - 1 + bool(profile.training.save_every_steps)
+    return kept * trainable * 12 + (kept * size.n_params * 2 if run.method == "lora" else 0)
+
+
 def disk_needs(profile: Profile, size: ModelSize | None) -> dict[str, float]:
-    """Bytes to write: checkpoints under the output folder, and model downloads into the hub cache."""
+    """Bytes to write: checkpoints under the output folder (with the largest run's Trainer states, kept while it
+    trains), and model downloads into the hub cache."""
     if size is None:
         return {"outputs": 0.0, "hub cache": 0.0}
     n, weight_bytes = size.n_params, 4 if profile.base.dtype == "float32" else 2
@@ -137,6 +149,7 @@ def disk_needs(profile: Profile, size: ModelSize | None) -> dict[str, float]:
         else:
             frac = lora_fraction(size.shapes, int(run.lora_rank or 16), TARGET_MODULES[run.target_modules or "all"])
             outputs += ckpts * frac * n * 4
+    outputs += max((_state_bytes(profile, run, size) for run in plan_runs(profile)), default=0.0)
     downloads = n * 2 if needs_gpu(profile) and not Path(str(profile.base.model)).is_dir() else 0.0
     downloads += sum(n * 2 for c in profile.released if c.method == "full" and not Path(c.model).is_dir())
     return {"outputs": outputs, "hub cache": downloads}
@@ -160,21 +173,26 @@ def check_disk(profile: Profile, size: ModelSize | None, out_root: Path) -> list
 
 
 def check_host_memory(profile: Profile) -> Check:
-    """lorastudy.training holds a run's whole tokenized training set in memory; it must fit in RAM."""
-    worst, which = 0.0, ""
+    """A run's tokenized training set is held in memory unless its CPT corpus streams (data.stream: a few
+    blocks at a time); the largest held one must fit in RAM."""
+    worst, which, streamed = 0.0, "", set()
     for run in plan_runs(profile):
+        if streams(profile, run.domain, run.regime):
+            streamed.add(f"{run.domain} {run.regime}")
+            continue
         task = profile.training.for_task(run.domain, run.regime)
         tokens = data_tokens(profile.data[run.domain][run.regime], task.seq_len if run.regime == "ift" else None)
         if tokens and tokens > worst:
             worst, which = tokens, f"{run.domain} {run.regime}"
     total = psutil.virtual_memory().total
     need = worst * BYTES_PER_HELD_TOKEN
+    note = f"; {', '.join(sorted(streamed))} streamed" if streamed else ""
     if not worst:
-        return Check("host memory", True, f"training data size unknown or small; {total / GB:.0f} GB RAM")
+        return Check("host memory", True, f"training data size unknown or small{note}; {total / GB:.0f} GB RAM")
     return Check("host memory", need <= 0.8 * total,
-                 f"the in-memory data path holds {which}'s ~{worst / 1e6:,.0f}M tokens: ~{need / GB:.0f} GB, "
+                 f"{which} holds ~{worst / 1e6:,.0f}M tokens in memory: ~{need / GB:.0f} GB{note}; "
                  f"RAM {total / GB:.0f} GB" + ("" if need <= 0.8 * total else
-                                               " (set a `limit`, or train it with a streaming data path)"))
+                                               " (set a `limit`, or `streaming: true` for a CPT corpus)"))
 
 
 # ---------------------------------------------------------------- hub and local data

@@ -19,7 +19,7 @@ from lorastudy.config import Profile
 from lorastudy.plan import RunSpec
 from lorastudy.data.examples import pack_cpt, to_pair, to_text, tokenize_ift
 from lorastudy.data.records import Record
-from lorastudy.data.sources import load_spec, stream_texts
+from lorastudy.data.sources import load_spec, stream_texts, streams
 from lorastudy.data.stream import StreamData
 from lorastudy.io import read_json, write_json
 from lorastudy.launch import inside_launcher, train_distributed
@@ -31,11 +31,6 @@ from lorastudy.training import RESUME_RECORD, branch_points, checkpoint_steps, f
 
 def load_training_records(profile: Profile, spec: RunSpec) -> list[Record]:
     return load_spec(profile, profile.data[spec.domain][spec.regime])
-
-
-def streams(profile: Profile, spec: RunSpec) -> bool:
-    """A CPT run whose corpus is read as a stream (the spec's `streaming: true`): nothing of it held in memory."""
-    return spec.regime == "cpt" and profile.data[spec.domain][spec.regime].streaming
 
 
 def train_examples(profile: Profile, spec: RunSpec, tok: Any) -> tuple[list[dict[str, list[int]]], str]:
@@ -96,7 +91,7 @@ def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool 
     phases["load_model"], mark = time.perf_counter() - mark, time.perf_counter()
     per_step = t.batch_size * t.grad_accum * t.num_processes
     durations = t.durations[spec.regime]
-    if streams(profile, spec):
+    if streams(profile, spec.domain, spec.regime):
         data, n_examples, unit = train_stream(profile, spec, tok), None, "tokens"
         at_steps = checkpoint_steps(durations, unit, [], per_step, tokens_per_example=t.seq_len)
     else:

@@ -190,10 +190,27 @@ def load_metamath_backward(source: str, *, split: str | None = None, limit: int 
                             f"metamath_backward/{i}") for i, r in enumerate(rows)]
 
 
+CPT_TEXT_FIELDS = {"text": "text", "starcoder_python": "content", "openwebmath": "text"}
+"""Each continued pre-training corpus adapter's text field: what both the in-memory and the streamed path read."""
+
+
 def _docs(name: str, field: str, source: str, split: str | None, limit: int | None, kw: dict) -> list[TextDoc]:
     """TextDocs from one text field, with ids that name the corpus."""
     rows = _rows(source, split, limit, kw, "train")
     return [TextDoc(r[field], f"{name}/{i}") for i, r in enumerate(rows)]
+
+
+def iter_texts(adapter: str, source: str, *, split: str | None = None, skip: int = 0, limit: int | None = None,
+               field: str | None = None, **kw: Any) -> Iterator[str]:
+    """A CPT corpus' documents one at a time, from document `skip` (read and dropped) to document `limit`: the
+    streamed path's reader, the same rows and field as the adapter's list."""
+    if adapter not in CPT_TEXT_FIELDS:
+        raise ValueError(f"adapter {adapter!r} is not a continued pre-training corpus; streaming reads "
+                         f"{sorted(CPT_TEXT_FIELDS)}")
+    key = field or CPT_TEXT_FIELDS[adapter]
+    kw.setdefault("streaming", True)
+    rows = iter_rows(source, split=split or "train", **kw)
+    return (row[key] for row in itertools.islice(rows, skip, limit))
 
 
 def load_text(source: str, *, split: str | None = None, limit: int | None = None, field: str = "text",
@@ -205,12 +222,12 @@ def load_text(source: str, *, split: str | None = None, limit: int | None = None
 def load_starcoder_python(source: str, *, split: str | None = None, limit: int | None = None,
                           **kw: Any) -> list[TextDoc]:
     """StarCoder-Python files (hub bigcode/starcoderdata, data_dir='python'): the paper's code CPT corpus."""
-    return _docs("starcoder_python", "content", source, split, limit, kw)
+    return _docs("starcoder_python", CPT_TEXT_FIELDS["starcoder_python"], source, split, limit, kw)
 
 
 def load_openwebmath(source: str, *, split: str | None = None, limit: int | None = None, **kw: Any) -> list[TextDoc]:
     """OpenWebMath pages (hub open-web-math/open-web-math): the paper's math CPT corpus."""
-    return _docs("openwebmath", "text", source, split, limit, kw)
+    return _docs("openwebmath", CPT_TEXT_FIELDS["openwebmath"], source, split, limit, kw)
 
 
 # ---------------------------------------------------------------- generation evals

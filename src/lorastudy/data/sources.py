@@ -29,6 +29,12 @@ def load_spec(profile: Profile, spec: DatasetSpec) -> list[Record]:
     return load_records(spec.adapter, resolve_source(profile, spec.source), split=spec.split, limit=spec.limit, **hub)
 
 
+def streams(profile: Profile, domain: str, regime: str) -> bool:
+    """A CPT corpus read as a stream (its spec's `streaming: true`), never held in memory; IFT sets are held
+    (epochs re-read them in a new order)."""
+    return regime == "cpt" and profile.data[domain][regime].streaming
+
+
 def _hub_kw(spec: DatasetSpec) -> dict[str, str]:
     return {k: v for k, v in (("subset", spec.subset), ("data_dir", spec.data_dir)) if v is not None}
 
