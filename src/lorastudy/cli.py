@@ -187,6 +187,68 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_released_revisions(args: argparse.Namespace) -> int:
+    from lorastudy.evaluation.released import entry_yaml, list_revisions, revision_entries
+
+    profile = _profile(args)
+    finals = [c for c in profile.released
+              if c.revision is None and (not args.repo or any(r in c.model for r in args.repo))]
+    for ckpt in finals:
+        branches = args.branches if args.branches is not None else list_revisions(ckpt.model)
+        entries, unread = revision_entries(ckpt, branches)
+        print(f"# {ckpt.model}: {len(entries)} branch(es) with a duration"
+              + (f"; no duration read from: {', '.join(unread)}" if unread else ""))
+        for entry in entries:
+            print(entry_yaml(entry))
+    return 0
+
+
+def cmd_released_eval(args: argparse.Namespace) -> int:
+    from lorastudy.evaluation.released import evaluate_released
+
+    profile = _profile(args)
+    _print_table(evaluate_released(profile, _out(args, profile)), ["run_id", "checkpoint", "metric", "value"])
+    return 0
+
+
+def _layers(text: str | None, n_layers: int) -> list[int]:
+    return list(range(n_layers)) if text == "all" else [int(x) for x in text.split(",")] if text else []
+
+
+def cmd_released_spectra(args: argparse.Namespace) -> int:
+    from lorastudy.analysis.released_weights import released_weights
+    from lorastudy.config import TARGET_MODULES
+    from lorastudy.estimate import model_size
+
+    profile = _profile(args)
+    size = model_size(profile)
+    layers = _layers(args.layers, size.shapes.n_layers if size else 0) or [args.layer]
+    modules = [m for part in (args.modules or args.module).split(",") for m in TARGET_MODULES.get(part, (part,))]
+    res = released_weights(profile, layer=args.layer, module=args.module,
+                           pairs=[(lay, mod) for lay in layers for mod in modules], only=args.only or (),
+                           threshold=args.threshold)
+    print(f"rank for {args.threshold:.0%} of the variance, layer {args.layer} {args.module} (Fig S7):")
+    print(res.detail_ranks().to_string(index=False))
+    print("rank of ΔW by module type (Fig 6), mean over the analysed layers:")
+    print(res.ranks.groupby(["run_id", "checkpoint", "module_type"]).rank90.mean().to_string())
+    if args.out:
+        from lorastudy.figures.spectra import plot_matrix_spectra, plot_rank_by_layer
+        from lorastudy.figures.style import savefig
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, table in (("spectra", res.detail), ("ranks", res.ranks), ("reference", res.reference)):
+            table.to_csv(out / f"{name}.csv", index=False)
+        for run_id in res.detail.run_id.unique():
+            savefig(plot_matrix_spectra(res.spectra_of(run_id), f"{run_id}: layer {res.layer} {res.module}"),
+                    out / f"figS7-{run_id}.png")
+        timed = res.ranks.dropna(subset=["duration"])  # an IFT `main` states no duration: no place on Fig 6
+        if len(timed):
+            savefig(plot_rank_by_layer(timed, arms=("released",)), out / "fig6-rank-by-layer.png")
+        print(f"tables and figures -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorastudy", description="LoRA vs full fine-tuning: a reproducible study.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -230,6 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--execute", action="store_true", help="execute every chapter again on the results (new notebook code)")
     sp = add("snapshot", cmd_snapshot, "copy a finished sweep's tables and chapter summaries to results/PROFILE")
     sp.add_argument("--dest", help="another snapshot folder than results/PROFILE")
+
+    rel = sub.add_parser("released", help="the paper's released checkpoints: branches, evaluation, weight spectra")
+    rsub = rel.add_subparsers(dest="released_command", required=True, metavar="WHAT")
+    rr = rsub.add_parser("revisions", help="profile entries (revision + duration) for the final checkpoints' branches")
+    rr.add_argument("profile")
+    rr.add_argument("--repo", nargs="+", help="only repositories whose id contains one of these")
+    rr.add_argument("--branches", nargs="*", help="branch names to read (default: list them from the hub)")
+    rr.set_defaults(func=cmd_released_revisions)
+    re_ = rsub.add_parser("eval", help="evaluate every released checkpoint (estimate printed first)")
+    re_.add_argument("profile")
+    re_.add_argument("--output")
+    re_.set_defaults(func=cmd_released_eval)
+    rs = rsub.add_parser("spectra", help="Figs 6 and S7 on the full-FT checkpoints: ΔW spectra, rank for 90%% "
+                         "of the variance, base and Gaussian beside (estimate printed first)")
+    rs.add_argument("profile")
+    rs.add_argument("--layer", type=int, default=26, help="the matrix shown in detail (Fig S7: layer 26)")
+    rs.add_argument("--module", default="q_proj", help="its module (Fig S7: q_proj)")
+    rs.add_argument("--layers", help="Fig 6's layers: all, or a comma list (default: --layer)")
+    rs.add_argument("--modules", help="Fig 6's modules: all, attention, mlp or a comma list (default: --module)")
+    rs.add_argument("--only", nargs="+", help="only checkpoints whose id or repository contains one of these")
+    rs.add_argument("--threshold", type=float, default=0.9)
+    rs.add_argument("--out", help="write the tables (csv) and figures (png) to this folder")
+    rs.set_defaults(func=cmd_released_spectra)
 
     ev = sub.add_parser("eval", help="evaluate a run, or score predictions/samples files")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="WHAT")

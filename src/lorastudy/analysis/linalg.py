@@ -78,23 +78,29 @@ def spectrum_table(deltas: Iterable[tuple[int, str, Tensor]], threshold: float =
     The key is `rank90` whatever the threshold (the paper's name); the threshold is its own column.
     The Frobenius norm comes from the same singular values (‖ΔW‖_F² = Σσ²), saving a second pass.
     """
-    rows = []
-    for layer, module, delta in deltas:
-        s = singular_values(delta)
-        rank = rank_for_variance(s, threshold)
-        rows.append(
-            {
-                "layer": layer,
-                "module": module,
-                "module_type": module_type(module),
-                "shape": tuple(delta.shape),
-                "threshold": threshold,
-                "rank90": rank,
-                "rank90_fraction": rank / min(delta.shape),
-                "frobenius": math.sqrt(float((s.to(torch.float64) ** 2).sum())),
-            }
-        )
-    return rows
+    return [spectrum_row(layer, module, tuple(delta.shape), singular_values(delta), threshold)
+            for layer, module, delta in deltas]
+
+
+def spectrum_row(layer: int, module: str, shape: tuple[int, ...], s: Tensor, threshold: float = 0.9) -> dict:
+    """`spectrum_table`'s row for one matrix of `shape` from its singular values `s` (computed once elsewhere)."""
+    rank = rank_for_variance(s, threshold)
+    return {
+        "layer": layer,
+        "module": module,
+        "module_type": module_type(module),
+        "shape": tuple(int(x) for x in shape),
+        "threshold": threshold,
+        "rank90": rank,
+        "rank90_fraction": rank / min(shape),
+        "frobenius": math.sqrt(float((s.to(torch.float64) ** 2).sum())),
+    }
+
+
+def gaussian_like(shape: tuple[int, int], seed: int = 0) -> Tensor:
+    """An i.i.d. N(0, 1) fp32 matrix of `shape`, the same for the same (shape, seed): the yardstick a weight's
+    or ΔW's rank is set against (its rank90 depends on its shape only, up to sampling noise)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def gaussian_experiment(

@@ -26,7 +26,8 @@ from lorastudy.config import Profile
 from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.modeling import base_matrices, one_thread, small_model_threads, weight_deltas
 
-__all__ = ["SpectraTables", "chapter_tables", "delta_ranks", "rank_table", "chapter_ranks", "reference_ranks", "reference_by_type", "matrix_spectra",
+__all__ = ["SpectraTables", "chapter_tables", "delta_ranks", "rank_table", "chapter_ranks", "reference_ranks",
+           "reference_rows", "reference_row", "reference_by_type", "matrix_spectra", "spectra_frame",
            "MatrixDetail", "representative_spectra", "spectrum_ranks", "representative_full_run", "gaussian_tables",
            "rank_summary", "rank_pivot", "lora_rank_table", "missing_note", "profile_lora_ranks", "spectra_verdict"]
 
@@ -80,22 +81,32 @@ def reference_ranks(profile: Profile, *, threshold: float = 0.9, seed: int = 0, 
 
     def compute() -> list[dict[str, Any]]:
         weights = base_matrices(base if base is not None else load_base_fp32(profile))
-        gauss: dict[tuple[int, int], int] = {}
-        rows = []
-        for (layer, module), w in sorted(weights.items()):
-            shape = tuple(w.shape)
-            if shape not in gauss:
-                gen = torch.Generator().manual_seed(seed)
-                gauss[shape] = linalg.rank_for_variance(torch.randn(*shape, generator=gen).to(w.device), threshold)
-            r_base = linalg.rank_for_variance(w, threshold)
-            rows.append({"layer": layer, "module": module, "module_type": linalg.module_type(module),
-                         "n_out": shape[0], "n_in": shape[1], "base_rank90": r_base,
-                         "base_fraction": r_base / min(shape), "gaussian_rank90": gauss[shape],
-                         "gaussian_fraction": gauss[shape] / min(shape)})
-        return rows
+        return reference_rows(sorted(weights.items()), threshold=threshold, seed=seed)
 
     with small_model_threads(profile):
         return pd.DataFrame(cached(path, key, compute))
+
+
+def reference_rows(weights: Iterable[tuple[tuple[int, str], torch.Tensor]], *, threshold: float = 0.9,
+                   seed: int = 0) -> list[dict[str, Any]]:
+    """`reference_ranks`' rows for ((layer, module), W) pairs, read one at a time (so a caller may stream a
+    7B model's matrices from disk): W's rank90 and a same-shape Gaussian's, computed once per shape."""
+    gauss: dict[tuple[int, int], int] = {}
+    rows = []
+    for (layer, module), w in weights:
+        shape = (int(w.shape[0]), int(w.shape[1]))
+        if shape not in gauss:
+            gauss[shape] = linalg.rank_for_variance(linalg.gaussian_like(shape, seed).to(w.device), threshold)
+        rows.append(reference_row(layer, module, shape, linalg.rank_for_variance(w, threshold), gauss[shape]))
+    return rows
+
+
+def reference_row(layer: int, module: str, shape: tuple[int, int], base_rank: int,
+                  gaussian_rank: int) -> dict[str, Any]:
+    """One row of `reference_ranks`: the base weight's and a same-shape Gaussian's rank90, and their fractions."""
+    return {"layer": layer, "module": module, "module_type": linalg.module_type(module), "n_out": shape[0],
+            "n_in": shape[1], "base_rank90": base_rank, "base_fraction": base_rank / min(shape),
+            "gaussian_rank90": gaussian_rank, "gaussian_fraction": gaussian_rank / min(shape)}
 
 
 def reference_by_type(reference: pd.DataFrame) -> pd.DataFrame:
@@ -113,12 +124,19 @@ def matrix_spectra(profile: Profile, out_root: Path, spec: RunSpec, label: str, 
     w0 = base_matrices(base)[(layer, module)]
     tuned = load_checkpoint(profile, out_root, spec, label)
     delta = next(d for lay, mod, d in weight_deltas(base, tuned) if (lay, mod) == (layer, module))
-    frames = []
     with small_model_threads(profile):
-        for name, m in [("W_base", w0), ("W_ft", w0 + delta.to(w0.device)), ("ΔW", delta)]:
-            s = linalg.singular_values(m).cpu()
-            frames.append(pd.DataFrame({"matrix": name, "index": np.arange(1, len(s) + 1), "sigma": s.numpy(),
-                                        "explained": linalg.explained_variance(s).numpy()}))
+        return spectra_frame([("W_base", w0), ("W_ft", w0 + delta.to(w0.device)), ("ΔW", delta)])
+
+
+def spectra_frame(matrices: Iterable[tuple[str, torch.Tensor]]) -> pd.DataFrame:
+    """`matrix_spectra`'s long table (matrix, index, sigma, explained) for named matrices, or their singular
+    values when 1-D (computed once for other uses too), taken one at a time (a lazy iterable keeps only the
+    matrix at hand in memory)."""
+    frames = []
+    for name, m in matrices:
+        s = (m if m.ndim == 1 else linalg.singular_values(m)).cpu()
+        frames.append(pd.DataFrame({"matrix": name, "index": np.arange(1, len(s) + 1), "sigma": s.numpy(),
+                                    "explained": linalg.explained_variance(s).numpy()}))
     return pd.concat(frames, ignore_index=True)
 
 
