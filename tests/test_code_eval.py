@@ -122,7 +122,7 @@ def test_wrong_solution_fails(problems: dict[str, CodeTask]) -> None:
 def test_timeout_is_reported(problems: dict[str, CodeTask]) -> None:
     samples = [{"task_id": "HumanEval/0", "completion": "    while True:\n        pass\n"}]
     result = evaluate_samples(samples, problems, timeout=0.5, progress=False)
-    assert result["samples"] == [{"task_id": "HumanEval/0", "passed": False, "result": "timed out"}]
+    assert result["samples"] == [{"task_id": "HumanEval/0", "passed": False, "result": "timed out", "judged": "replayed"}]
 
 
 def test_metrics_on_mixed_samples(problems: dict[str, CodeTask]) -> None:

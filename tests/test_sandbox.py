@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lorastudy.evaluation.isolation import SLOT_UID_BASE, SLOTS
 from lorastudy.evaluation.sandbox import FAILED, PASSED, TIMED_OUT, run_program, sandbox_capabilities
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,20 +104,26 @@ def test_stdlib_imports_and_codecs_work() -> None:
 def test_runs_in_scrubbed_environment_and_fresh_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORASTUDY_TEST_SECRET", "do-not-leak")
     monkeypatch.setenv("PYTHONPATH", "/nonexistent")
-    result = _run("""
+    marker = f"scratch-{os.getpid()}-{time.monotonic_ns()}.txt"
+    result = _run(f"""
         import os
         print("CWD", os.getcwd())
         assert "LORASTUDY_TEST_SECRET" not in os.environ and "PYTHONPATH" not in os.environ
         assert os.environ["HOME"] == os.getcwd() and os.listdir(".") == []
-        open("scratch.txt", "w").write("ok")
+        open({marker!r}, "w").write("ok")
     """)
     assert result.passed, result.output
-    assert not Path(_cwd_of_run(result.output)).exists(), "the run's temporary directory must be removed"
+    cwd = _cwd_of_run(result.output)
+    if CAPS["mount_namespace"]:  # its private /tmp, gone with the run: nothing reached the host's /tmp
+        assert cwd == "/tmp" and not (Path(tempfile.gettempdir()) / marker).exists()
+    else:
+        assert not Path(cwd).exists(), "the run's temporary directory must be removed"
 
 
 @needs_drop
 def test_runs_as_unprivileged_user() -> None:
-    result = _run(f"import os\nassert os.getuid() == {CAPS['run_as_uid']} and os.geteuid() != 0\n"
+    uids = range(SLOT_UID_BASE, SLOT_UID_BASE + SLOTS) if CAPS["uid_per_run"] else [CAPS["run_as_uid"]]
+    result = _run(f"import os\nassert os.getuid() in {list(uids)} and os.geteuid() != 0\n"
                   "assert os.getgroups() == []\n")
     assert result.passed, result.output
 
@@ -153,10 +160,31 @@ def test_infinite_loop_times_out() -> None:
     assert time.monotonic() - start < 5
 
 
+def _uid_of_run(output: str) -> int:
+    return int(next(line for line in output.splitlines() if line.startswith("UID "))[4:])
+
+
+def _processes_of(uid: int, seconds: float = 5.0) -> list[int]:
+    """Pids of `uid` still alive after up to `seconds` (each concurrent run has its own uid)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pids = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
+
+
+@needs_drop
 def test_fork_bomb_is_limited_and_fully_killed() -> None:
     result = _run("""
         import os
-        print("CWD", os.getcwd(), flush=True)
+        print("UID", os.getuid(), flush=True)
         while True:
             try:
                 os.fork()
@@ -164,24 +192,24 @@ def test_fork_bomb_is_limited_and_fully_killed() -> None:
                 pass
     """, timeout=1.5, max_procs=24)
     assert result.status in (TIMED_OUT, FAILED)
-    run_dir = str(Path(_cwd_of_run(result.output)).parent)
-    assert _wait_until_gone(run_dir) == [], "fork bomb processes survived their run"
+    assert _processes_of(_uid_of_run(result.output)) == [], "fork bomb processes survived their run"
     assert run_program("pass").passed, "the evaluator can still start programs"
 
 
 @pytest.mark.skipif(not CAPS["pid_namespace"], reason="no PID namespace: a setsid() escapee is not guaranteed "
                     "to be killed")
+@needs_drop
 def test_process_leaving_the_group_is_killed() -> None:
     result = _run("""
         import os, time
-        print("CWD", os.getcwd(), flush=True)
+        print("UID", os.getuid(), flush=True)
         if os.fork() == 0:
             os.setsid()
             time.sleep(60)
         time.sleep(60)
     """, timeout=0.5)
     assert result.status == TIMED_OUT
-    assert _wait_until_gone(str(Path(_cwd_of_run(result.output)).parent)) == []
+    assert _processes_of(_uid_of_run(result.output)) == []
 
 
 def test_memory_hog_fails() -> None:
@@ -232,7 +260,10 @@ def test_cannot_delete_or_modify_protected_files(protected_file: Path) -> None:
             except OSError:
                 pass
     """)
-    assert "READ precious" in result.output, "the program should be able to reach the file it attacks"
+    if CAPS["mount_namespace"]:  # the private root holds no host folder but the interpreter's
+        assert "FileNotFoundError" in result.output and "READ" not in result.output
+    else:
+        assert "READ precious" in result.output, "the program should be able to reach the file it attacks"
     assert protected_file.read_text() == "precious"
     assert oct(protected_file.stat().st_mode & 0o777) == oct(0o644)
     assert not project_probe.exists()
@@ -283,10 +314,11 @@ def test_cannot_connect_to_a_local_listening_socket() -> None:
 
 def test_fallback_without_namespaces_or_privilege_drop(monkeypatch: pytest.MonkeyPatch) -> None:
     # The code path taken by a non-root evaluator (no namespaces, same user, NPROC relative to the user).
-    from lorastudy.evaluation import sandbox
+    from lorastudy.evaluation import isolation
 
-    bare = sandbox._Caps(root=False, netns=False, pidns=False, uid=None, gid=None, pidfd=False)
-    monkeypatch.setattr(sandbox, "_caps", bare)
+    bare = isolation.Caps(root=False, netns=False, pidns=False, uid=None, gid=None, pidfd=False, mntns=False,
+                         cgroup="", slots=False)
+    monkeypatch.setattr(isolation, "_caps", bare)
     assert run_program("import math\nassert math.sqrt(4) == 2\n").passed
     assert run_program("assert False\n").status == FAILED
     assert run_program("import os\nos._exit(0)\n").status == FAILED

