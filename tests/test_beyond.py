@@ -72,6 +72,17 @@ def test_intruders_and_kl_per_run(fake) -> None:
     counts = beyond.intruder_counts(profile, out, top_k=4)
     summary = beyond.intruder_summary(counts).set_index("run_id")
     assert summary.loc[FULL_ID, "matrices"] == 14 and summary.loc[LORA_ID, "matrices"] == 14
+    # each run's counts are its own checkpoint's against the base: the full run's rank-2 update of layer 1's
+    # q_proj brings both of its directions in as intruders and nothing else; LoRA's every-module B ≠ 0 many
+    full = counts[counts.run_id == FULL_ID]
+    assert full[full.intruders > 0][["layer", "module", "intruders"]].values.tolist() == [[1, "q_proj", 2]]
+    assert summary.loc[LORA_ID, "intruders"] > summary.loc[FULL_ID, "intruders"]
+    base_model = load_base_fp32(profile)
+    for spec in finished_runs(profile, out):
+        direct = pd.DataFrame(beyond.intruder_rows(base_model, load_checkpoint(profile, out, spec, "epochs-1"),
+                                                   top_k=4))
+        mine = counts[counts.run_id == spec.run_id].reset_index(drop=True)
+        assert mine[["layer", "module", "intruders"]].equals(direct[["layer", "module", "intruders"]])
     pivot = beyond.module_pivot(counts)
     assert set(pivot.columns) == {"full", "lora"} and len(pivot) == 7
     assert beyond.module_pivot(counts.iloc[:0]).empty

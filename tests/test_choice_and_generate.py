@@ -89,6 +89,30 @@ def test_sampling_gives_n_completions_and_is_seeded(model, tok) -> None:
         generate(model, tok, ["x"], n=2, progress=False)
 
 
+PROMPTS = ["Alice lives in", "Question: What pet does Bob have?\nAnswer:"]
+
+
+def _sample(model, tok, **kw):
+    return generate(model, tok, PROMPTS, max_new_tokens=8, n=4, progress=False, **{"temperature": 1.0, **kw})
+
+
+def test_the_seed_changes_the_samples(model, tok) -> None:
+    """A random model's next-token distribution is nearly flat: two seeds never draw the same 64 tokens."""
+    assert _sample(model, tok, seed=1) != _sample(model, tok, seed=2)
+    assert _sample(model, tok, seed=2) == _sample(model, tok, seed=2)
+
+
+def test_temperature_and_top_p_shape_the_samples(model, tok) -> None:
+    """Near zero temperature, or a top_p that keeps only the likeliest token, samples the greedy completion;
+    at temperature 1 with top_p 1 the samples are spread (the distribution is nearly flat)."""
+    greedy = [[g[0]] * 4 for g in generate(model, tok, PROMPTS, max_new_tokens=8, progress=False)]
+    assert _sample(model, tok, temperature=1e-4, seed=1) == greedy
+    assert _sample(model, tok, top_p=1e-6, seed=1) == greedy
+    spread = _sample(model, tok, seed=1)
+    assert spread != greedy and all(len(set(samples)) > 1 for samples in spread)
+    assert _sample(model, tok, top_p=0.5, seed=1) != spread  # the nucleus cuts the flat distribution
+
+
 def test_stop_sequences_cut_completions() -> None:
     assert truncate_at_stop("    return x\ndef other():", ["\ndef", "\nclass"]) == "    return x"
     assert truncate_at_stop(" 7.\n#### 7\n\nQuestion: next", ["\n\n", "Question:"]) == " 7.\n#### 7"
