@@ -12,6 +12,7 @@ import nbformat
 import pandas as pd
 import pytest
 
+from lorastudy import browser
 from lorastudy.book import BOOK_DIR, check_images, render_book
 from lorastudy.config import load_profile
 from lorastudy.layout import NOTEBOOKS, snapshot_layout
@@ -60,9 +61,8 @@ def test_the_appendix_lists_the_runs_and_says_where_their_notebooks_come_from(sn
 
 
 def test_every_figure_loads_in_a_browser(snapshot_book, tmp_path):
-    browser = pytest.importorskip("lorastudy.browser")
-    if not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed")
+    if not browser.CHROMIUM.is_file():
+        pytest.skip(f"{browser.CHROMIUM} is not installed (Debian package chromium): no browser to check with")
     html, _ = snapshot_book
     pages = [f"{name}.html" for name in PROFILE.analyses]
     failed = browser.check_pages(html, pages, screenshots=tmp_path)

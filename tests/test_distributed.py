@@ -11,16 +11,14 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from lorastudy.config import Training, load_profile
+from lorastudy.config import load_profile
 
 from lorastudy.plan import find_run
-from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run, inside_launcher, launch_command, run_profile
+from lorastudy.launch import (FSDP_CONFIG, fsdp_dry_run, inside_launcher, launch_command, run_profile,
+                              train_distributed)
 from lorastudy.tokenizer import build_tokenizer
 from lorastudy.finetune import train_run
 from lorastudy.layout import Layout
-
-needs_patch = pytest.mark.skipif(not hasattr(Training, "for_task"), reason="needs .issue7.patch (multi-process "
-                                 "checkpointing and token counts in lorastudy.training)")
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 SEQ = 32  # each document is bos + 30 words + eos: exactly one full block, so no batch is padded
@@ -63,7 +61,6 @@ def _profile_file(tmp: Path, model: Path, corpus: Path, *, processes: int, batch
     return path
 
 
-@needs_patch
 def test_two_processes_match_one(hub_folder: tuple[Path, Path], tmp_path: Path) -> None:
     model, corpus = hub_folder
     one = load_profile(_profile_file(tmp_path, model, corpus, processes=1, batch=4))
@@ -72,8 +69,6 @@ def test_two_processes_match_one(hub_folder: tuple[Path, Path], tmp_path: Path) 
     single = train_run(one, spec, Layout(tmp_path / "one").run(spec.run_id).dir, progress=False)
 
     lines: list[str] = []
-    from lorastudy.launch import train_distributed
-
     double = train_distributed(two, spec, Layout(tmp_path / "two").run(spec.run_id).dir, echo=lines.append, cpu=True)
 
     assert "torch.distributed.run" in lines[0] and "--nproc_per_node=2" in lines[0]

@@ -15,14 +15,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lorastudy import cli, config, training
-from lorastudy.config import load_profile
+from lorastudy.check import check_host_memory, check_launch, gpu_memory_need, hub_repos, training_memory_need
+from lorastudy.config import ReleasedCheckpoint, load_profile
+from lorastudy.data.examples import IGNORE, bos_ids, encode, pack_cpt, tokenize_ift
+from lorastudy.estimate import model_size
+from lorastudy.modeling import load_base, load_model, load_tokenizer
 from lorastudy.plan import plan_runs
 
 ROOT = Path(__file__).resolve().parents[1]
-PATCHED = hasattr(config, "ReleasedCheckpoint") and hasattr(config.Training, "for_task")
-needs_schema = pytest.mark.skipif(not PATCHED, reason="the GPU profiles need the schema of .issue7.patch "
-                                                      "(task_overrides, data_dir, released)")
 TEXTS = ["Question: Ann has 2 apples and buys 1 more. How many apples does she have?\nAnswer: 2 + 1 = 3.\n#### 3",
          "Question: Bob has 4 pens and loses 1. How many pens are left?\nAnswer: 4 - 1 = 3.\n#### 3"]
 
@@ -51,7 +51,6 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---------------------------------------------------------------- profiles
-@needs_schema
 def test_gpu_small_profile() -> None:
     p = load_profile("gpu-small")
     runs = plan_runs(p)
@@ -67,7 +66,6 @@ def test_gpu_small_profile() -> None:
     assert p.training.for_task("code", "ift").seq_len == 2048 and p.training.for_task("math", "ift").seq_len == 1024
 
 
-@needs_schema
 def test_paper_profile_has_the_papers_settings() -> None:
     p = load_profile("paper")
     t = p.training
@@ -87,7 +85,6 @@ def test_paper_profile_has_the_papers_settings() -> None:
     assert not t.gradient_checkpointing  # the FSDP config checkpoints activations
 
 
-@needs_schema
 def test_released_profile_lists_the_hub_checkpoints() -> None:
     p = load_profile("released")
     assert plan_runs(p) == [] and len(p.released) == 16
@@ -98,7 +95,6 @@ def test_released_profile_lists_the_hub_checkpoints() -> None:
     assert {c.rank for c in p.released} == {None, 16, 64, 256}
 
 
-@needs_schema
 @pytest.mark.parametrize("name, runs", [("gpu-small", 16), ("paper", 16), ("released", 0)])
 def test_dry_run_prints_plan_and_cost(name: str, runs: int, tmp_path: Path) -> None:
     res = _cli("sweep", name, "--dry-run", "--output", str(tmp_path))
@@ -122,7 +118,6 @@ def test_estimates_state_their_throughput() -> None:
 
 # ---------------------------------------------------------------- the machine check
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
-@needs_schema
 def test_check_stops_a_gpu_profile_at_once_without_a_gpu(tmp_path: Path) -> None:
     start = time.perf_counter()
     res = _cli("check", "gpu-small", "--output", str(tmp_path))
@@ -132,19 +127,13 @@ def test_check_stops_a_gpu_profile_at_once_without_a_gpu(tmp_path: Path) -> None
     assert time.perf_counter() - start < 60
 
 
-@pytest.mark.skipif(not hasattr(cli, "cmd_check"), reason="needs the `check` subcommand of .issue7.patch")
 def test_check_passes_the_mini_profiles(tmp_path: Path) -> None:
     res = _cli("check", "tiny", "--output", str(tmp_path))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "everything needed is here" in res.stdout
 
 
-@needs_schema
 def test_check_items_for_the_paper_profile() -> None:
-    from lorastudy.check import (check_host_memory, check_launch, gpu_memory_need, hub_repos,
-                                 training_memory_need)
-    from lorastudy.estimate import model_size
-
     p = load_profile("paper")
     need, why = training_memory_need(p, model_size(p))
     assert "model states 13.5" in why  # Appendix H: 7B, Adam, 16 bytes/param over 8 GPUs (Table S14: 14 GB)
@@ -175,8 +164,6 @@ def test_gpu_smoke_script_parses_and_stops_without_a_gpu() -> None:
 
 # ---------------------------------------------------------------- hub paths on local folders
 def test_model_and_tokenizer_load_from_a_local_folder(tiny_folder: Path) -> None:
-    from lorastudy.modeling import load_model, load_tokenizer
-
     tok = load_tokenizer(str(tiny_folder))
     model = load_model(str(tiny_folder), "float32")
     assert tok.pad_token is not None and tok.padding_side == "left"
@@ -201,32 +188,29 @@ def _local_profile(tmp: Path, model: Path, **extra: object) -> Path:
 
 
 def test_base_of_a_pretrained_profile_loads_from_a_local_folder(tiny_folder: Path, tmp_path: Path) -> None:
-    from lorastudy.modeling import load_base
-
     model, tok = load_base(load_profile(_local_profile(tmp_path, tiny_folder)))
     assert model.config.hidden_size == 32 and tok.bos_token_id is not None
 
 
-@pytest.mark.skipif(not hasattr(training, "_bos"), reason="needs the bos-less tokenizer fix of .issue7.patch")
 def test_training_examples_without_a_bos_token(tiny_folder: Path) -> None:
-    """Qwen2's tokenizer has no bos token; packing and masking must not insert None."""
-    from lorastudy.modeling import load_tokenizer
-    from lorastudy.data.examples import IGNORE, pack_cpt, tokenize_ift
-
+    """Qwen2's tokenizer has no bos token: packing and masking start each sequence with the text itself."""
     tok = load_tokenizer(str(tiny_folder))
     tok.bos_token = None
+    assert tok.bos_token_id is None and bos_ids(tok) == []
     blocks = pack_cpt(TEXTS, tok, seq_len=16)
-    assert all(None not in b["input_ids"] for b in blocks)
-    (ex,) = tokenize_ift([("Question: Ann has 2 apples?\nAnswer:", " 3")], tok, seq_len=64)
-    assert None not in ex["input_ids"] and ex["labels"][0] == IGNORE
+    assert [t for b in blocks for t in b["input_ids"]] == [t for text in TEXTS for t in (*encode(tok, text),
+                                                                                         tok.eos_token_id)]
+    prompt = "Question: Ann has 2 apples?\nAnswer:"
+    (ex,) = tokenize_ift([(prompt, " 3")], tok, seq_len=64)
+    n = len(encode(tok, prompt))
+    assert ex["input_ids"] == [*encode(tok, prompt), *encode(tok, " 3"), tok.eos_token_id]
+    assert ex["labels"] == [IGNORE] * n + ex["input_ids"][n:]
 
 
-@needs_schema
 def test_released_checkpoints_resolve_and_load_from_local_folders(tiny_folder: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from lorastudy.config import ReleasedCheckpoint
     from lorastudy.evaluation.released import MIRROR_ENV, checkpoint_id, evaluate_released, load_released, resolve
     from lorastudy.results import collect
 

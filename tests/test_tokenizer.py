@@ -132,12 +132,3 @@ def test_save_and_load_round_trip(built: tuple[MiniWorld, PreTrainedTokenizerFas
         encoded = [loaded.encode(x) for x in texts]
         assert encoded == [tok.encode(x) for x in texts]
         assert [loaded.decode(e) for e in encoded] == texts
-
-
-def test_print_token_counts(built: tuple[MiniWorld, PreTrainedTokenizerFast],
-                            encoded: dict[str, list[list[int]]]) -> None:
-    """Not a check: the sizes of each part in tokens (run with -s to see them)."""
-    world, tok = built
-    print(f"\n{world.config.preset}: vocabulary {len(tok)}")
-    for part, part_ids in encoded.items():
-        print(f"  {part:16s} {len(part_ids):6d} texts {sum(map(len, part_ids)):9d} tokens")
