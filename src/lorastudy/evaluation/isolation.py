@@ -5,6 +5,7 @@ unprivileged uid per concurrent run (worker slots held with file locks), per-run
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import fcntl
 import logging
 import os
@@ -39,6 +40,7 @@ class Caps:
     mntns: bool = False  # a private root (mount namespace, tmpfs, pivot_root)
     cgroup: str = ""  # "v2", "v1" or "" (none)
     slots: bool = False  # a uid per concurrent run
+    seccomp: str = ""  # libseccomp's file: namespaces, mounts, tracing and the like refused
 
 
 _caps: Caps | None = None
@@ -183,8 +185,9 @@ def kill_cgroup(version: str, slot: int) -> None:
 def _probe() -> Caps:
     """Detect once (in a child process) which isolation features this process may use."""
     pidfd = _has_pidfd()
+    seccomp = ctypes.util.find_library("seccomp") or ""
     if os.geteuid() != 0:
-        return Caps(root=False, netns=False, pidns=False, uid=None, gid=None, pidfd=pidfd)
+        return Caps(root=False, netns=False, pidns=False, uid=None, gid=None, pidfd=pidfd, seccomp=seccomp)
     slots = _slot_uids_free()
     uid, gid = (SLOT_UID_BASE, SLOT_UID_BASE) if slots else _nobody()
     try:
@@ -197,7 +200,8 @@ def _probe() -> Caps:
         log.warning("sandbox capability probe failed (%r): running without namespaces", exc)
         netns = pidns = drop = mntns = False
     return Caps(root=True, netns=netns, pidns=pidns, uid=uid if drop else None, gid=gid if drop else None,
-                 pidfd=pidfd, mntns=mntns and pidns, cgroup=_cgroup_version(), slots=slots and drop)
+                 pidfd=pidfd, mntns=mntns and pidns, cgroup=_cgroup_version(), slots=slots and drop,
+                 seccomp=seccomp)
 
 
 def capabilities() -> Caps:
@@ -207,7 +211,7 @@ def capabilities() -> Caps:
             _caps = _probe()
             missing = [name for name, ok in (("network namespace", _caps.netns), ("PID namespace", _caps.pidns),
                                              ("private root", _caps.mntns), ("per-run cgroup", _caps.cgroup),
-                                             ("unprivileged uid", _caps.uid is not None)) if not ok]
+                                             ("seccomp", _caps.seccomp), ("unprivileged uid", _caps.uid is not None)) if not ok]
             if missing:
                 log.warning("sandbox: running without %s (see sandbox_capabilities())", ", ".join(missing))
         return _caps
@@ -229,6 +233,8 @@ def sandbox_capabilities() -> dict[str, Any]:
             notes.append("no private root: programs see the host's files as their user may")
         if not caps.cgroup:
             notes.append("no per-run cgroup: memory is bounded per process (RLIMIT_AS), not per run")
+        if not caps.seccomp:
+            notes.append("no seccomp (libseccomp2 missing): programs may make user namespaces and the like")
         if caps.uid is None:
             notes.append("cannot switch to an unprivileged uid: programs run as root")
         elif not caps.slots:
@@ -239,6 +245,7 @@ def sandbox_capabilities() -> dict[str, Any]:
         "pid_namespace": caps.pidns,
         "mount_namespace": caps.mntns,
         "cgroup": caps.cgroup or None,
+        "seccomp": bool(caps.seccomp),
         "run_as_uid": caps.uid if caps.uid is not None else os.geteuid(),
         "run_as_gid": caps.gid if caps.gid is not None else os.getegid(),
         "privilege_drop": caps.uid is not None,

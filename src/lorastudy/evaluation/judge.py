@@ -106,6 +106,8 @@ def replay(task: CodeTask, recording: Recording, results: list[dict[str, Any]]) 
             kind = getattr(builtins, str(result["raised"]), None)
             kind = kind if isinstance(kind, type) and issubclass(kind, Exception) else RuntimeError
             raise kind(f"the candidate raised {result['raised']} on call {i + 1}")
+        if "unplain" in result:
+            raise plain.Unplain(str(result["unplain"]))
         return plain.decode(result["value"])
 
     try:

@@ -14,6 +14,8 @@ process tree, and the kernel enforces the limits (the bootstrap is lorastudy/eva
 * as root: an unprivileged uid of its own per concurrent run (a worker slot, held with a file lock, so two
   evaluator processes never share one), no supplementary groups, no new privileges. RLIMIT_NPROC then counts
   only that run's tasks, so a fork bomb cannot starve a concurrent run;
+* a seccomp filter (libseccomp): no new namespaces (so no user-namespace tricks), mounts, ptrace, keyrings,
+  bpf, io_uring, kernel modules;
 * per-run cgroups where the machine lets us create them (v2, or v1 `memory` + `pids`): memory of all the
   run's processes together (tmpfs and memfd pages included) and their number; rlimits in any case: address
   space, processes, file size, open files, CPU time (a backstop for the wall-clock timeout), no core files.
@@ -190,7 +192,7 @@ def _execute(root: Path, work: Path, out: BinaryIO, values: BinaryIO, nonce: byt
             "tmp_bytes": file_size_mb * 2 * 2**20, "tmp_inodes": 2048,
             "mem": memory_mb * 2**20, "nproc": max_procs, "nproc_relative": int(caps.uid is None and not caps.root),
             "fsize": file_size_mb * 2**20, "nofile": 64, "cpu": math.ceil(timeout) + 1,
-            "cgroups": ":".join(map(str, cgroups)),
+            "cgroups": ":".join(map(str, cgroups)), "seccomp": caps.seccomp or "-",
         }
         home = "/tmp" if caps.mntns else str(work)
         env = {"PATH": DEFAULT_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",

@@ -148,6 +148,49 @@ def set_limits(cfg):
     lower(resource.RLIMIT_AS, int(cfg["mem"]), int(cfg["mem"]))
 
 
+DENIED = (  # no kernel surface a test program needs: namespaces, mounts, tracing, keys, modules, io_uring
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "ptrace", "process_vm_readv",
+    "process_vm_writev", "keyctl", "add_key", "request_key", "bpf", "userfaultfd", "perf_event_open",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "open_by_handle_at",
+    "name_to_handle_at", "io_uring_setup", "io_uring_enter", "io_uring_register", "fsopen", "fsmount",
+    "move_mount", "open_tree", "fspick", "mount_setattr", "quotactl", "acct", "swapon", "swapoff", "reboot",
+    "sethostname", "setdomainname", "personality", "vhangup")
+CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+
+
+class ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+def seccomp_filter(library):
+    """Refuse (EPERM) the syscalls of DENIED and a clone() into any new namespace; clone3, whose flags a
+    filter cannot read, says ENOSYS so that libc falls back to clone(). Through libseccomp (libseccomp2)."""
+    lib = ctypes.CDLL(library)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                           ctypes.POINTER(ArgCmp)]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+    eperm, enosys = 0x00050000 | 1, 0x00050000 | 38  # SCMP_ACT_ERRNO(EPERM), SCMP_ACT_ERRNO(ENOSYS)
+
+    def rule(action, name, cmp=None):
+        number = lib.seccomp_syscall_resolve_name(name.encode())
+        if number < 0:  # not a syscall on this architecture
+            return
+        args = (ArgCmp * 1)(cmp) if cmp else None
+        if lib.seccomp_rule_add_array(ctypes.c_void_p(ctx), action, number, 1 if cmp else 0, args) != 0:
+            fatal("seccomp rule for " + name)
+
+    for name in DENIED:
+        rule(eperm, name)
+    for flag in CLONE_NAMESPACES:
+        rule(eperm, "clone", ArgCmp(0, 7, flag, flag))  # SCMP_CMP_MASKED_EQ on flags (argument 0)
+    rule(enosys, "clone3")
+    if lib.seccomp_load(ctypes.c_void_p(ctx)) != 0:
+        fatal("seccomp_load")
+
+
 def join_cgroups(cfg):
     """Put this process (and so every process it starts) into the run's cgroups: memory of all of them
     together, and their number, bounded by the kernel."""
@@ -242,6 +285,8 @@ def main():
         if os.getppid() != me:
             os._exit(137)
         set_limits(cfg)
+        if cfg["seccomp"] != "-":
+            seccomp_filter(cfg["seccomp"])
     except Exception as exc:
         fatal(repr(exc))
     module = types.ModuleType("__sandbox__")
