@@ -26,28 +26,6 @@ def _run(program: str, **kw):
     return run_program(textwrap.dedent(program), **kw)
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains `text` (each run's command line names its own directory)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if text.encode() in fh.read():
-                    pids.append(int(entry))
-        except OSError:
-            pass
-    return pids
-
-
-def _wait_until_gone(text: str, seconds: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while (pids := _processes_mentioning(text)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return pids
-
-
 def _cwd_of_run(output: str) -> str:
     line = next(line for line in output.splitlines() if line.startswith("CWD "))
     return line[4:].strip()
