@@ -37,10 +37,25 @@ WARM_STEPS = 2  # steps not timed
 VOCAB = 1024  # the benchmark model's vocabulary (random tokens)
 
 
-def _model(profile_name: str) -> tuple[Profile, Any]:
+SHAPES = {  # random-init models of real shapes (their config.json), for GPU benchmarks
+    "qwen2.5-0.5b": {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                     "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+                     "tie_word_embeddings": True, "rope_theta": 1e6},
+    "qwen2-tiny": {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+                   "tie_word_embeddings": True},  # the same code path, small enough for a CPU test
+}
+
+
+def _model(profile_name: str, shape: str | None = None) -> tuple[Profile, Any]:
+    """The profile's mini Llama, or a Qwen2 model of a named shape, randomly initialised."""
     profile = load_profile(profile_name)
-    a = profile.base.architecture
     torch.manual_seed(0)
+    if shape is not None:
+        from transformers import Qwen2Config, Qwen2ForCausalLM  # only the shape benchmarks build one
+
+        return profile, Qwen2ForCausalLM(Qwen2Config(**SHAPES[shape]))
+    a = profile.base.architecture
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
                       num_hidden_layers=a.num_layers, num_attention_heads=a.num_heads, num_key_value_heads=a.num_heads,
                       max_position_embeddings=a.max_position_embeddings, tie_word_embeddings=True)
@@ -63,9 +78,12 @@ class _Clock(TrainerCallback):
         self.times.append(time.perf_counter())
 
 
-def measure(profile_name: str, mode: str, rank: int, batch: int, steps: int) -> dict[str, Any]:
-    """One configuration: mode 'trainer-full', 'trainer-lora' or 'bare-full'/'bare-lora'."""
-    profile, model = _model(profile_name)
+def measure(profile_name: str, mode: str, rank: int, batch: int, steps: int,
+            shape: str | None = None) -> dict[str, Any]:
+    """One configuration: mode 'trainer-full', 'trainer-lora' or 'bare-full'/'bare-lora'; `shape`: a model of
+    SHAPES instead of the profile's mini Llama."""
+    profile, model = _model(profile_name, shape)
+    total = sum(p.numel() for p in model.parameters())
     seq = profile.training.seq_len
     method = mode.split("-")[1]
     if method == "lora":
@@ -97,7 +115,7 @@ def measure(profile_name: str, mode: str, rank: int, batch: int, steps: int) -> 
     tokens = (len(times) - WARM_STEPS) * batch * seq
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"mode": mode, "rank": rank if method == "lora" else None, "batch": batch, "tokens_per_s": tokens / elapsed,
-            "peak_memory_MiB": peak_memory_bytes() / 2**20, "trainable_params": trainable,
+            "peak_memory_MiB": peak_memory_bytes() / 2**20, "trainable_params": trainable, "total_params": total,
             "threads": torch.get_num_threads()}
 
 
