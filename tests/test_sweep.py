@@ -2,6 +2,7 @@
 a sweep killed with SIGKILL and re-run gives the same table; --continue-on-error records a failure and goes on."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import yaml
 from lorastudy.config import load_profile
 
 from lorastudy.plan import plan_runs
-from lorastudy.results import collect
+from lorastudy.results import collect, collect_items
 from lorastudy.tuning import runs_to_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,10 +161,19 @@ def test_killed_sweep_resumes_to_the_same_table(uninterrupted: Path, env: dict[s
     assert 1 <= len(done) < len(KILL_RUNS), "the kill should land mid-sweep"
     resumed = sweep(["tiny", "--output", str(out), *only], env, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not list(out.rglob("*.tmp")), "no temporary file is left behind"
+    # no partial file survives the resume: every hidden name a write goes through (`.NAME.*.tmp` of an atomic
+    # write, `.LABEL.tmp` of a checkpoint, `.NAME.PID.ipynb` of a notebook) is gone, only the run locks stay,
+    # and every record reads whole
+    hidden = sorted(str(p.relative_to(out)) for p in out.rglob(".*") if p.name != ".lock")
+    assert not hidden, f"partial files left behind: {hidden}"
+    for path in [*out.rglob("*.json"), *out.rglob("*.ipynb")]:
+        json.loads(path.read_text())
     a, b = table(uninterrupted), table(out)
     a = a[a.run_id.isin(["base", *KILL_RUNS])]
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=False, rtol=1e-6)
+    items_a, items_b = collect_items(load_profile("tiny"), uninterrupted), collect_items(load_profile("tiny"), out)
+    items_a = items_a[items_a.run_id.isin(["base", *KILL_RUNS])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(items_a, items_b.reset_index(drop=True), check_exact=False, rtol=1e-6)
 
 
 def test_continue_on_error_records_failure_and_goes_on(env: dict[str, str], tmp_path: Path) -> None:
