@@ -301,3 +301,17 @@ def test_fallback_without_namespaces_or_privilege_drop(monkeypatch: pytest.Monke
     assert run_program("assert False\n").status == FAILED
     assert run_program("import os\nos._exit(0)\n").status == FAILED
     assert run_program("while True:\n    pass\n", timeout=0.5).status == TIMED_OUT
+
+
+def test_a_layer_this_machine_cannot_set_up_is_dropped_not_failing_every_program(monkeypatch) -> None:
+    """The capability probe can pass where the full set-up fails (here: a seccomp library that is not there):
+    the first run tries it, drops that layer with a warning, and programs run with the others."""
+    from dataclasses import replace
+
+    from lorastudy.evaluation import isolation, sandbox
+
+    broken = replace(isolation.capabilities(), seccomp="/nonexistent/libseccomp.so.2")
+    monkeypatch.setattr(isolation, "_caps", broken)
+    monkeypatch.setattr(sandbox, "_tried", [])
+    assert run_program("assert 1 + 1 == 2\n").passed
+    assert isolation.capabilities().seccomp == "" and isolation.capabilities().netns == broken.netns

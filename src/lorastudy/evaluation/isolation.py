@@ -217,6 +217,13 @@ def capabilities() -> Caps:
         return _caps
 
 
+def use(caps: Caps) -> None:
+    """Use these layers from now on (the sandbox drops a layer its first trial run could not set up)."""
+    global _caps
+    with _caps_lock:
+        _caps = caps
+
+
 def sandbox_capabilities() -> dict[str, Any]:
     """Which isolation features the sandbox uses in this process (detected once, then cached)."""
     caps = capabilities()

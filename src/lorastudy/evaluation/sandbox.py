@@ -43,12 +43,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lorastudy.evaluation import plain
+from lorastudy.evaluation import isolation, plain
 from lorastudy.evaluation.isolation import (DEFAULT_PATH, Caps, capabilities, kill_cgroup,  # noqa: F401
                                             sandbox_capabilities,  # re-exported: the report callers read
                                             set_cgroup_limits, slot)
@@ -100,9 +101,36 @@ def run_calls(source: str, entry: str, calls: list[str], *, timeout: float = 3.0
     return result, values
 
 
-def _run(payload: dict[str, Any], *, timeout: float, memory_mb: int, max_procs: int, file_size_mb: int,
-         output_limit: int) -> tuple[SandboxResult, list[dict[str, Any]] | None]:
+_trial_lock = threading.Lock()
+_tried: list[Caps] = []  # the layers confirmed by a trial run
+
+
+def _confirmed_caps() -> Caps:
+    """The detected layers, tried once on a trivial program: a layer whose set-up fails on this machine (a probe
+    can pass where a whole private root cannot be built) is dropped with a warning, never failing every sample."""
     caps = capabilities()
+    with _trial_lock:
+        if caps in _tried:
+            return caps
+        for fewer in (caps, replace(caps, seccomp=""), replace(caps, seccomp="", cgroup=""),
+                      replace(caps, seccomp="", cgroup="", mntns=False)):
+            result, _ = _run_with(fewer, {"source": "pass", "calls": None}, timeout=10, memory_mb=512, max_procs=32,
+                                  file_size_mb=16, output_limit=8192)
+            if result.passed:
+                break
+            log.warning("sandbox: a trial run failed (%s); dropping a layer", result.detail)
+        if fewer != caps:
+            isolation.use(fewer)
+        _tried.append(fewer)
+        return fewer
+
+
+def _run(payload: dict[str, Any], **limits: Any) -> tuple[SandboxResult, list[dict[str, Any]] | None]:
+    return _run_with(_confirmed_caps(), payload, **limits)
+
+
+def _run_with(caps: Caps, payload: dict[str, Any], *, timeout: float, memory_mb: int, max_procs: int,
+              file_size_mb: int, output_limit: int) -> tuple[SandboxResult, list[dict[str, Any]] | None]:
     nonce = secrets.token_hex(16)
     start = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="lorastudy-sbx-"))
