@@ -6,10 +6,10 @@ BIN    := $(VENV)/bin
 PROFILE ?= mini
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser test test-all mini tiny book reproduce sweep clean help
+.PHONY: setup browser test test-all mutation mini tiny book reproduce sweep clean help
 
 help:
-	@echo "make setup | test | test-all | mini | tiny | book [PROFILE=..] | reproduce PROFILE=.. | clean"
+	@echo "make setup | test | test-all | mutation [MODULES=..] | mini | tiny | book [PROFILE=..] | reproduce PROFILE=.. | clean"
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: $(STAMP) browser
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q --run-slow
+
+# Opt-in, not in CI nor in `make test`: mutmut over the core modules, each with its own tests only, one module
+# after the other; prints the kill rate per module (outputs/mutation/summary.md). About an hour on 2 cores;
+# MODULES="io config" for some, MUTATION_JOBS=2 for two mutants at a time.
+MODULES ?=
+MUTATION_JOBS ?= 1
+mutation: $(STAMP)
+	$(BIN)/python scripts/mutation.py $(MODULES) --jobs $(MUTATION_JOBS)
 
 sweep: $(STAMP)
 	$(BIN)/lorastudy sweep $(PROFILE) --continue-on-error
