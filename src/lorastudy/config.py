@@ -81,12 +81,11 @@ class Base(_Strict):
     architecture: Architecture = Architecture()
     pretrain: Pretrain = Pretrain()
 
-    @field_validator("model")
-    @classmethod
-    def _model_given(cls, v: str | None, info: Any) -> str | None:
-        if info.data.get("kind") == "pretrained" and not v:
+    @model_validator(mode="after")  # not a field validator: it would never see the default (no model at all)
+    def _model_given(self) -> "Base":
+        if self.kind == "pretrained" and not self.model:
             raise ValueError("a pretrained base needs `model` (hub id or local folder)")
-        return v
+        return self
 
 
 class LoraDefaults(_Strict):
