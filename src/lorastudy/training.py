@@ -73,6 +73,8 @@ class Checkpointer(TrainerCallback):
             control.should_save = False  # a diverged state is not worth resuming
 
     def on_save(self, args, state, control, **kw):  # noqa: ANN001 - called once Trainer's checkpoint is written
+        if args.world_size > 1:  # every process has written its own files (its RNG state) before it is complete
+            torch.distributed.barrier()
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
