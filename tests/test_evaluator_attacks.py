@@ -285,3 +285,32 @@ def test_degenerate_completions_fail_with_a_reason_and_every_sample_is_scored(pr
             assert not sample["passed"] and sample["result"].startswith(("failed: ", "timed out")), sample
     assert not list(Path(tempfile.gettempdir()).glob("lorastudy-sbx-*")), "a run's folder was left behind"
 
+
+
+@needs_private_root
+def test_links_planted_by_a_program_never_reach_the_host() -> None:
+    """The old sandbox let a program plant links in world-writable folders for the root evaluator to write
+    through; in its private root those folders are its own and vanish with it."""
+    names = [f"lorastudy-planted-{os.getpid()}-{i}" for i in range(3)]
+    result = run_program(textwrap.dedent(f"""
+        import os
+        for folder, name in zip(("/tmp", "/var/tmp", "/dev/shm"), {names!r}):
+            try:
+                os.symlink("/etc/passwd", os.path.join(folder, name))
+            except OSError:
+                pass
+    """))
+    assert result.passed, result.output
+    for folder, name in zip(("/tmp", "/var/tmp", "/dev/shm"), names):
+        assert not os.path.lexists(os.path.join(folder, name))
+
+
+def test_a_result_path_that_is_a_link_is_replaced_not_written_through(problems, shared_data, tmp_path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "result.json"
+    out.symlink_to(victim)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return False\n"}) + "\n")
+    score_humaneval_files(samples, out, problems_path=shared_data / "humaneval" / "HumanEval.jsonl.gz")
+    assert victim.read_text() == "precious" and not out.is_symlink() and json.loads(out.read_text())["samples"]
