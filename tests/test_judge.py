@@ -3,6 +3,7 @@ recorded on the reference and replayed on a candidate's values; a check that can
 the whole program in the sandbox, and says so."""
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from lorastudy.evaluation.judge import record, replay
 @pytest.mark.parametrize("value", [
     None, True, 0, -7, 2**100, 1.5, -0.0, math.inf, "é\udcff", b"\x00\xff", 1 + 2j, [1, [2]], (1, (2,)), {1, 2},
     frozenset({"a"}), {"k": [1, (2, 3)], 4: None, (1, 2): {5}}, [], (), {},
+    collections.Counter("abca"), collections.OrderedDict([("b", 1), ("a", 2)]),
 ])
 def test_plain_values_round_trip_with_their_types(value) -> None:
     back = plain.loads(plain.dumps(value))

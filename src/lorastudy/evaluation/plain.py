@@ -1,13 +1,15 @@
 """Plain data: the only values that cross between a sandboxed program and the trusted evaluator.
 
 A sandboxed candidate's return values come back as JSON of exact built-in types (None, bool, int, float, str,
-bytes, complex, list, tuple, dict, set, frozenset), so that the trusted side compares values whose equality
-nobody can redefine: an object with a forged `__eq__`, a subclass of str, a generator are not plain and fail.
+bytes, complex, list, tuple, dict, set, frozenset; the standard library's Counter and OrderedDict), so that
+the trusted side compares values whose equality nobody can redefine: an object with a forged `__eq__`, a
+subclass of str, a generator are not plain and fail.
 Lists are JSON arrays; every other container or special value is a one-key object naming its type.
 
-This file must stay free of imports beyond the standard library's `json` and `math`: the sandbox bootstrap runs
-it, as source, inside the sandbox's bare interpreter (lorastudy.evaluation.sandbox).
+This file must stay free of imports beyond the standard library's `collections`, `json` and `math`: the
+sandbox bootstrap runs it, as source, inside the sandbox's bare interpreter (lorastudy.evaluation.sandbox).
 """
+import collections
 import json
 import math
 
@@ -40,12 +42,14 @@ def encode(value, _depth=0, _budget=None):
         return [encode(v, _depth + 1, budget) for v in value]
     if kind is tuple or kind is set or kind is frozenset:
         return {kind.__name__: [encode(v, _depth + 1, budget) for v in value]}
-    if kind is dict:
-        return {"dict": [[encode(k, _depth + 1, budget), encode(v, _depth + 1, budget)] for k, v in value.items()]}
+    if kind is dict or kind is collections.Counter or kind is collections.OrderedDict:
+        pairs = [[encode(k, _depth + 1, budget), encode(v, _depth + 1, budget)] for k, v in value.items()]
+        return {"dict" if kind is dict else kind.__name__: pairs}
     raise Unplain(f"a value of type {kind.__name__!r}")
 
 
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_MAPPINGS = {"dict": dict, "Counter": collections.Counter, "OrderedDict": collections.OrderedDict}
 
 
 def decode(data, _depth=0):
@@ -69,8 +73,9 @@ def decode(data, _depth=0):
             return bytes.fromhex(body)
         if tag in ("tuple", "set", "frozenset") and type(body) is list:
             return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](decode(v, _depth + 1) for v in body)
-        if tag == "dict" and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
-            return {decode(k, _depth + 1): decode(v, _depth + 1) for k, v in body}
+        if tag in _MAPPINGS and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
+            pairs = {decode(k, _depth + 1): decode(v, _depth + 1) for k, v in body}
+            return pairs if tag == "dict" else _MAPPINGS[tag](pairs)
     except (TypeError, ValueError) as err:  # an unhashable key or set element, bad hex, a bad complex part
         raise Unplain(f"malformed {tag}: {err}") from None
     raise Unplain(f"malformed plain data (tag {tag!r})")
