@@ -30,7 +30,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "evaluation.choice": ("src/lorastudy/evaluation/choice.py",
                           ["tests/test_choice_and_generate.py", "tests/test_wiring.py"]),
     "evaluation.passk": ("src/lorastudy/evaluation/passk.py",
-                         ["tests/test_code_eval.py", "-k", "pass_at_k or unique_count", "tests/test_passk.py"]),
+                         ["tests/test_code_eval.py", "-k", "pass_at_k or unique_count or test_passk", "tests/test_passk.py"]),
     "io": ("src/lorastudy/io.py", ["tests/test_io.py"]),
     "config": ("src/lorastudy/config.py", ["tests/test_config.py"]),
     "results": ("src/lorastudy/results.py", ["tests/test_results.py", "tests/test_snapshot.py"]),

@@ -2,13 +2,15 @@
 padding equals one-prompt-at-a-time generation; held-out loss equals the model's own loss."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorastudy.data.adapters import load_records
 from lorastudy.data.records import MCItem
-from lorastudy.evaluation.choice import heldout_loss, score_choice
+from lorastudy.evaluation.choice import answer_nll, fewshot_prefix, heldout_loss, score_choice
 from lorastudy.data import prompts
 from lorastudy.evaluation.generate import generate, truncate_at_stop
 from lorastudy.tokenizer import build_tokenizer
@@ -58,6 +60,111 @@ def test_choice_scorer_equals_brute_force(model, tok) -> None:
         assert rec["pred_norm"] == max(range(len(norm)), key=norm.__getitem__)
     assert res["acc"] == sum(r["pred"] == it.gold for r, it in zip(res["records"], ITEMS)) / 3
     assert res["chance"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 2) / 3)
+    assert set(res) == {"acc", "acc_norm", "n", "chance", "records"} and res["n"] == 3
+    assert [r["id"] for r in res["records"]] == ["a", "b", "c"] and [r["gold"] for r in res["records"]] == [0, 1, 0]
+
+
+def test_accuracies_count_the_items_whose_choice_is_gold(model, tok) -> None:
+    """With each item's gold moved to the option the model picks, acc is 1; acc_norm is the share of items
+    whose length-normalised pick is that option too; with gold elsewhere, acc is 0."""
+    first = score_choice(model, tok, ITEMS, progress=False)["records"]
+    picked = [MCItem(options=it.options, gold=r["pred"], id=it.id) for it, r in zip(ITEMS, first)]
+    res = score_choice(model, tok, picked, progress=False)
+    assert res["acc"] == 1.0
+    assert res["acc_norm"] == pytest.approx(sum(r["pred_norm"] == r["pred"] for r in first) / 3)
+    missed = [MCItem(options=it.options, gold=(r["pred"] + 1) % len(it.options), id=it.id)
+              for it, r in zip(ITEMS, first)]
+    assert score_choice(model, tok, missed, progress=False)["acc"] == 0.0
+    with pytest.raises(ValueError, match="no multiple-choice items"):
+        score_choice(model, tok, [], progress=False)
+
+
+def test_the_normalised_choice_is_the_best_score_per_byte(model, tok) -> None:
+    """Each item's options reordered so that the best log-likelihood per byte comes first, then last: acc_norm
+    picks it wherever it stands."""
+    first = score_choice(model, tok, ITEMS[:2], progress=False)["records"]
+    for where in (0, -1):
+        items = []
+        for it, r in zip(ITEMS[:2], first):
+            per_byte = [s / len(cont.encode()) for s, (_, cont) in zip(r["loglik"], it.options)]
+            best = max(range(len(per_byte)), key=per_byte.__getitem__)
+            rest = [o for k, o in enumerate(it.options) if k != best]
+            options = (it.options[best], *rest) if where == 0 else (*rest, it.options[best])
+            items.append(MCItem(options=options, gold=0 if where == 0 else len(options) - 1, id=it.id))
+        res = score_choice(model, tok, items, progress=False)
+        assert res["acc_norm"] == 1.0 and [r["pred_norm"] for r in res["records"]] == [i.gold for i in items]
+
+
+def test_contexts_longer_than_the_model_are_cut_to_its_window(tok) -> None:
+    """Without max_len, a request is cut to the model's own context (max_position_embeddings)."""
+    torch.manual_seed(3)
+    short = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=12, tie_word_embeddings=True)).eval()
+    item = MCItem(options=(("Alice lives in Paris. " * 4 + "Alice lives in", " Oslo and Rome."),), gold=0, id="l")
+    default = score_choice(short, tok, [item], progress=False)["records"][0]["loglik"]
+    assert default == pytest.approx(score_choice(short, tok, [item], max_len=12, progress=False)["records"][0]["loglik"])
+    assert default != pytest.approx(score_choice(short, tok, [item], max_len=64, progress=False)["records"][0]["loglik"])
+    pairs = [("Alice lives in Paris. " * 4 + "Alice lives in", " Oslo and Rome.")]
+    assert answer_nll(short, tok, pairs, progress=False) == pytest.approx(
+        answer_nll(short, tok, pairs, max_len=12, progress=False))
+    assert answer_nll(short, tok, pairs, progress=False) != pytest.approx(
+        answer_nll(short, tok, pairs, max_len=64, progress=False))
+    # an answer longer than the window: every token in it but the first is scored
+    tight = answer_nll(short, tok, pairs, max_len=4, progress=False)[0]
+    cont = [*tok(" Oslo and Rome.", add_special_tokens=False)["input_ids"], tok.eos_token_id][-4:]
+    with torch.no_grad():
+        logp = torch.log_softmax(short(torch.tensor([cont])).logits[0].float(), -1)
+    assert tight == pytest.approx(-sum(float(logp[k - 1, cont[k]]) for k in range(1, 4)) / 3, rel=1e-5)
+
+
+def test_multiple_choice_shots_are_a_stable_draw(tok) -> None:
+    """k of the other items, drawn by random.Random(1234 + the item's index): the same shots in every version,
+    so that numbers stay comparable; one shot is one block."""
+    items = [MCItem(options=((f"Item {k} is", f" number {k}."),), gold=0, id=str(k)) for k in range(6)]
+    for i in (0, 3):
+        pool = [k for k in range(6) if k != i]
+        drawn = random.Random(1234 + i).sample(pool, 2)
+        assert fewshot_prefix(i, items, 2) == "".join(f"Item {k} is number {k}.\n\n" for k in drawn)
+    assert fewshot_prefix(2, items, 1).count("\n\n") == 1 and "Item 2 " not in fewshot_prefix(2, items, 5)
+    assert fewshot_prefix(2, items, 9).count("\n\n") == 5  # at most the other items
+
+
+def test_long_contexts_are_cut_from_the_left(model, tok) -> None:
+    """A request longer than max_len keeps its last max_len tokens: the continuation whole, the context's end."""
+    item = MCItem(options=(("Alice lives in Paris. " * 6 + "Alice lives in", " Oslo and Rome."),), gold=0, id="long")
+    cut = score_choice(model, tok, [item], max_len=8, progress=False)["records"][0]["loglik"][0]
+    ids = [tok.bos_token_id, *tok(item.options[0][0], add_special_tokens=False)["input_ids"]]
+    cont = tok(" Oslo and Rome.", add_special_tokens=False)["input_ids"]
+    window = (ids + cont)[-8:]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([window])).logits[0].float(), -1)
+    expected = sum(float(logp[k - 1, window[k]]) for k in range(len(window) - len(cont), len(window)))
+    assert cut == pytest.approx(expected, abs=1e-4)
+    assert cut != pytest.approx(score_choice(model, tok, [item], progress=False)["records"][0]["loglik"][0],
+                                abs=1e-4)
+    # a window shorter than the continuation scores every token but the first
+    short = score_choice(model, tok, [item], max_len=3, progress=False)["records"][0]["loglik"][0]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([cont[-3:]])).logits[0].float(), -1)
+    assert short == pytest.approx(float(logp[0, cont[-2]] + logp[1, cont[-1]]), abs=1e-4)
+
+
+def test_answer_nll_is_the_mean_loss_per_answer_token_eos_included(model, tok) -> None:
+    pairs = [("Question: What pet does Bob have?\nAnswer:", " a cat"), ("Alice lives in", " Paris.")]
+    got = answer_nll(model, tok, pairs, batch_size=2, progress=False)
+    for (prompt, answer), value in zip(pairs, got):
+        ctx = [tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]
+        cont = [*tok(answer, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].float(), -1)
+        total = sum(float(logp[len(ctx) + k - 1, t]) for k, t in enumerate(cont))
+        assert value == pytest.approx(-total / len(cont), rel=1e-5) and value > 0
+    assert model.training is False
+    model.train()
+    answer_nll(model, tok, pairs, progress=False)
+    assert model.training is True  # the caller's mode is given back
+    model.eval()
 
 
 def test_choice_scorer_on_real_gauntlet_file(model, tok, shared_data) -> None:

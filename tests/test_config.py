@@ -192,3 +192,12 @@ def test_cross_field_rules() -> None:
         load_profile("tiny", {"eval.validation": {"math": load_profile("tiny").eval.validation["math"].model_dump()}})
     assert load_profile("tiny", {"sweep": [{"method": "full", "learning_rate": 1e-3}]}).sweep[0].domain == [
         "code", "math"]  # scalars and defaults become lists
+
+
+def test_a_parent_without_a_sweep_takes_the_childs_arms(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    del raw["sweep"]
+    _write(tmp_path, "armless", raw)
+    child = load_profile(_write(tmp_path, "armed", {"extends": str(tmp_path / "armless.yaml"), "sweep": [
+        {"domain": "code", "regime": "ift", "method": "full", "learning_rate": 1e-3}]}))
+    assert [s.method for s in child.sweep] == [["full"]] and child.name == "tiny"

@@ -34,8 +34,12 @@ def test_writes_round_trip_and_create_the_folder(tmp_path: Path) -> None:
     write_json(path, {"b": 1, "a": [1.5, "é"], "p": Path("/x")})
     assert read_json(path) == {"a": [1.5, "é"], "b": 1, "p": "/x"}  # non-JSON values as their str
     assert path.read_text(encoding="utf-8").endswith("}\n") and path.read_text().index('"a"') < path.read_text().index('"b"')
-    write_jsonl(tmp_path / "r.jsonl", ({"i": i} for i in range(3)))
-    assert read_jsonl(tmp_path / "r.jsonl") == [{"i": 0}, {"i": 1}, {"i": 2}]
+    write_json(tmp_path / "exact.json", {"b": 1, "a": [1]})  # records are diffed in git: a stable layout
+    assert (tmp_path / "exact.json").read_text() == '{\n  "a": [\n    1\n  ],\n  "b": 1\n}\n'
+    (tmp_path / "exact.json").unlink()
+    write_jsonl(tmp_path / "r.jsonl", ({"i": i, "p": Path(f"/p{i}")} for i in range(3)))
+    assert read_jsonl(tmp_path / "r.jsonl") == [{"i": 0, "p": "/p0"}, {"i": 1, "p": "/p1"}, {"i": 2, "p": "/p2"}]
+    assert (tmp_path / "r.jsonl").read_text().splitlines()[0] == '{"i": 0, "p": "/p0"}'  # one compact line per row
     assert (tmp_path / "r.jsonl").read_text().count("\n") == 3
     (tmp_path / "blank.jsonl").write_text('{"i": 1}\n\n  \n{"i": 2}\n')
     assert read_jsonl(tmp_path / "blank.jsonl") == [{"i": 1}, {"i": 2}]

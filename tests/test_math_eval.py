@@ -71,6 +71,10 @@ def test_numbers_equal() -> None:
     assert not numbers_equal("-3", "3") and not numbers_equal("5", "6")
     assert not numbers_equal(None, "5") and not numbers_equal("5", None)
     assert numbers_equal("0.5", ".5") and not numbers_equal("1.2.3", "1.2")
+    assert not numbers_equal("...", "5") and not numbers_equal("5", "$") and not numbers_equal("$", ",")  # no digit
+    assert numbers_equal("0", "0.0000000001") and not numbers_equal("0", "0.001")  # absolute tolerance near 0
+    assert numbers_equal("100000000000000", "100000000000000.01")  # relative tolerance for large answers
+    assert not numbers_equal("100000000000000", "100000100000000")
 
 
 def test_records_and_rates() -> None:
@@ -88,6 +92,8 @@ def test_records_and_rates() -> None:
 
 @pytest.mark.parametrize(("pred", "message"), [
     ({"idx": 5, "question": "q0", "completion": ""}, "not an int in 0..1"),
+    ({"idx": 2, "question": "q0", "completion": ""}, "idx 2 is not an int in 0..1"),
+    ({"idx": True, "question": "q0", "completion": ""}, "not an int"),
     ({"idx": -1, "question": "q0", "completion": ""}, "not an int"),
     ({"idx": "0", "question": "q0", "completion": ""}, "not an int"),
     ({"idx": 0, "question": "another question", "completion": ""}, "does not match reference line 0"),
@@ -105,6 +111,9 @@ def test_duplicate_and_empty_predictions_are_rejected() -> None:
         score_gsm8k([{"idx": 0, "question": "q0", "completion": "1"}] * 2, refs)
     with pytest.raises(ValueError, match="no predictions"):
         score_gsm8k([], refs)
+    with pytest.raises(ValueError, match="prediction 1: question does not match reference line 1"):
+        score_gsm8k([{"idx": 0, "question": "q0", "completion": "1"}, {"idx": 1, "question": "x", "completion": ""}],
+                    [_problem("1", "q0"), _problem("2", "q1")])
 
 
 def test_score_gsm8k_files(tmp_path: Path) -> None:
@@ -118,3 +127,6 @@ def test_score_gsm8k_files(tmp_path: Path) -> None:
     result = score_gsm8k_files(preds_path, refs_path, out)
     assert result["strict_match"] == pytest.approx(1 / 3) and result["flexible_extract"] == pytest.approx(2 / 3)
     assert read_json(out)["records"] == result["records"]
+    assert result["references_path"] == read_json(out)["references_path"] == str(refs_path)
+    refs = read_gsm8k(refs_path)
+    assert [r.id for r in refs] == ["test-0", "test-1", "test-2"] and refs[1].target == "10"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +24,7 @@ from lorastudy.base import world_texts
 from lorastudy.config import load_profile
 from lorastudy.data import prompts
 from lorastudy.data.examples import to_text
-from lorastudy.data.records import MCItem
+from lorastudy.data.records import MathProblem, MCItem
 from lorastudy.data.sources import load_spec, world_dir
 from lorastudy.evaluation import run as evaluation
 from lorastudy.evaluation.choice import continuation_logprobs, fewshot_prefix, heldout_loss, score_choice
@@ -50,10 +52,11 @@ def random_llama(tok: Any, seed: int = 0) -> LlamaForCausalLM:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The tiny profile on a random Llama (saved as a pretrained base) with the tiny world's tokenizer; the world
-    built into a private cache."""
+    built into a private cache unless LORASTUDY_CACHE names one."""
     root = tmp_path_factory.mktemp("wiring")
     patch = pytest.MonkeyPatch()
-    patch.setenv("LORASTUDY_CACHE", str(root / "cache"))
+    if not os.environ.get("LORASTUDY_CACHE"):
+        patch.setenv("LORASTUDY_CACHE", str(root / "cache"))
     world = world_dir(load_profile("tiny"))
     tok = build_tokenizer(world_texts(world))
     model = random_llama(tok)
@@ -112,6 +115,24 @@ def test_math_prompts_are_k_shot_from_the_training_split(tiny, monkeypatch) -> N
     assert ids == [p.id for p in test] and len(set(ids)) == len(ids)
 
 
+def test_one_shot_from_a_training_set_of_problems(tiny) -> None:
+    """A math training set read as GSM8K problems (not instruction pairs) gives its shots the same way."""
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
+                                    "eval.learning.math.shots": 1,
+                                    "data.math.ift": {"adapter": "gsm8k", "source": "{world}/math_train.jsonl"}})
+    test = load_spec(profile, profile.eval.learning["math"].dataset)[:3]
+    train = read_jsonl(tiny.world / "math_train.jsonl")
+    _, pairs = evaluation.reference_answers(profile, "math", test)
+    assert [p for p, _ in pairs] == [hand_math_prompt(p.question, train[:1]) for p in test]
+
+
+def test_items_without_ids_are_named_by_position() -> None:
+    problems = [MathProblem(question="Ann has 2. How many?", answer="2.\n#### 2", id=""),
+                MathProblem(question="Bob has 3. How many?", answer="3.\n#### 3", id="")]
+    ids, _ = evaluation.reference_answers(load_profile("tiny", {"eval.learning.math.shots": 0}), "math", problems)
+    assert ids == ["0", "1"] and evaluation.item_id("", 7) == "7" and evaluation.item_id("x/1", 7) == "x/1"
+
+
 def test_zero_shots_give_the_plain_prompt(tiny) -> None:
     profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
                                     "eval.learning.math.shots": 0})
@@ -134,6 +155,38 @@ def test_code_prompts_are_the_task_prompts_and_sampling_follows_the_profile(tiny
     assert call["texts"] == [r["prompt"] for r in raw]
     assert (call["temperature"], call["top_p"], call["n"], call["max_new_tokens"]) == (0.7, 0.9, 3, 32)
     assert call["stop"] == prompts.CODE_STOP
+
+
+def test_several_code_samples_are_scored_each_and_pass_at_k_follows_the_profile(tiny, monkeypatch) -> None:
+    """Three samples per task, the first and last right: pass@1 is 2/3 per task, pass@2 is 1 (one wrong sample
+    cannot fill two draws); the sandbox is asked for the profile's ks and timeout; distinct completions counted."""
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
+                                    "eval.learning.code.n_samples": 3, "eval.learning.code.temperature": 0.7,
+                                    "eval.learning.code.ks": [1, 2], "eval.learning.code.timeout": 2.5,
+                                    "eval.learning.code.dataset.limit": 4})
+    tasks = load_spec(profile, profile.eval.learning["code"].dataset)
+    solution = {t.prompt: t.canonical_solution for t in tasks}
+    monkeypatch.setattr(evaluation, "generate", FakeGenerate(
+        lambda prompt, j: solution[prompt] if j != 1 else "    return None\n"))
+    asked = []
+    real = evaluation.evaluate_samples
+
+    def recording(samples, problems, **kw):
+        asked.append(kw)
+        return real(samples, problems, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate_samples", recording)
+    direct = evaluation.evaluate_code(tiny.model, tiny.tok, profile.eval.learning["code"], tasks, progress=False)
+    assert "samples" not in direct and direct["items"] == {"pass@1": [pytest.approx(2 / 3)] * 4}
+    assert (asked[0]["ks"], asked[0]["timeout"]) == ((1, 2), 2.5)
+    metrics, items = evaluation.evaluate_model(tiny.model, tiny.tok, profile, domains=["code"], progress=False,
+                                               validation=False)
+    assert metrics["humaneval_pass@1"] == metrics["learning_code"] == pytest.approx(2 / 3)
+    assert metrics["humaneval_pass@2"] == pytest.approx(1.0)
+    assert metrics["humaneval_unique_passing"] == pytest.approx(1.0)  # the two right samples are the same text
+    assert metrics["humaneval_unique_failing"] == pytest.approx(1.0)
+    assert [x["value"] for x in items if x["metric"] == "learning_code"] == [pytest.approx(2 / 3)] * 4
+    assert not any(m.startswith("val_") for m in metrics)  # validation=False: no validation NLL
 
 
 # ----------------------------------------------------------------------------- which score feeds which metric
@@ -207,7 +260,8 @@ def test_forgetting_avg_is_the_mean_of_each_sets_named_metric(tiny, monkeypatch)
     """tiny scores HellaSwag and ARC by acc_norm and WinoGrande by acc: with those at 1, 0.5 and 0.25 (and the
     other metric of each set elsewhere), forgetting_avg is their mean, 0.5833."""
     profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
-                                    "base.dtype": "float32", "eval.forgetting.arc_challenge.shots": 3})
+                                    "base.dtype": "float32", "eval.forgetting.arc_challenge.shots": 3,
+                                    "training.seq_len": 32})
     fake = FakeChoice(profile, {"hellaswag": (0.0, 1.0), "arc_challenge": (1.0, 0.5), "winogrande": (0.25, 0.75)})
     monkeypatch.setattr(evaluation, "score_choice", fake)
     monkeypatch.setattr(evaluation, "generate", FakeGenerate(lambda prompt, j: " #### 0"))
@@ -219,6 +273,13 @@ def test_forgetting_avg_is_the_mean_of_each_sets_named_metric(tiny, monkeypatch)
     for name in ("hellaswag_acc_norm", "arc_challenge_acc", "winogrande_acc"):
         values = [x["value"] for x in items if x["metric"] == name]
         assert len(values) == 24 and sum(values) / 24 == pytest.approx(metrics[name])
+    mc = load_spec(profile, profile.eval.forgetting["winogrande"].dataset)
+    assert [x["item"] for x in items if x["metric"] == "winogrande_acc"] == [it.id or str(i) for i, it in enumerate(mc)]
+    # the held-out loss is read in windows of the profile's training length
+    texts = [to_text(r) for r in load_spec(profile, profile.eval.heldout["source"])]
+    at_32 = heldout_loss(tiny.model, tiny.tok, texts, seq_len=32)["loss"]
+    assert metrics["heldout_source_loss"] == pytest.approx(at_32, rel=1e-6)
+    assert at_32 != pytest.approx(heldout_loss(tiny.model, tiny.tok, texts, seq_len=128)["loss"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- multiple-choice shots
@@ -256,8 +317,14 @@ def test_choice_scores_read_the_continuation_after_the_shots(tiny) -> None:
 # ----------------------------------------------------------------------------- the base, end to end
 def test_the_base_is_evaluated_on_everything_once(tiny, monkeypatch) -> None:
     out = tiny.root / "base-out"
+    start = time.perf_counter()
     rows = evaluation.evaluate_base(tiny.profile, out, progress=False)
+    elapsed = time.perf_counter() - start
     metrics = {r["metric"]: r["value"] for r in rows}
+    assert {r["step"] for r in rows} == {0} and all(0 <= r["eval_seconds"] <= elapsed for r in rows)
+    base_dir = Layout(out).base_dir  # what the base generated is kept beside its record
+    assert len(read_jsonl(base_dir / "math_predictions.jsonl")) == tiny.profile.eval.learning["math"].dataset.limit
+    assert len(read_jsonl(base_dir / "code_samples.jsonl")) == tiny.profile.eval.learning["code"].dataset.limit
     assert {r["run_id"] for r in rows} == {BASE_ID} and {r["checkpoint"] for r in rows} == {"base"}
     assert {r["tokens_seen"] for r in rows} == {0} and {r["duration"] for r in rows} == {0}
     assert {"learning_code", "learning_math", "gsm8k_strict_match", "humaneval_pass@1", "answer_nll_code",
@@ -302,7 +369,7 @@ class FakeEvaluateModel:
         self.calls = []
 
     def __call__(self, model: Any, tok: Any, profile: Any, **kw: Any) -> tuple[dict[str, float], list]:
-        self.calls.append({"model": model, **kw})
+        self.calls.append({"model": model, "tok": tok, "profile": profile, **kw})
         with torch.no_grad():
             value = float(sum(p.double().sum() for p in model.parameters()))
         return {"learning_code": value, "forgetting_avg": 0.5}, [{"item": "t", "metric": "learning_code",
@@ -330,9 +397,15 @@ def test_each_checkpoint_of_a_full_run_is_evaluated_with_its_own_weights(tiny, m
     spec = _write_run(tiny, out, FULL, models)
     fake = FakeEvaluateModel()
     monkeypatch.setattr(evaluation, "evaluate_model", fake)
+    start = time.perf_counter()
     rows = evaluation.evaluate_run(tiny.profile, spec, Layout(out).run(FULL).dir, progress=False)
+    elapsed = time.perf_counter() - start
     assert len(fake.calls) == 2
+    paths = Layout(out).run(FULL)
     for call, (label, saved) in zip(fake.calls, models.items()):
+        assert call["profile"] is tiny.profile and call["tok"].get_vocab() == tiny.tok.get_vocab()
+        record = read_json(paths.eval_record(label))
+        assert 0 <= record["load_seconds"] <= elapsed and all(0 <= r["eval_seconds"] <= elapsed for r in record["rows"])
         got = dict(call["model"].named_parameters())
         assert all(torch.equal(got[n], p) for n, p in saved.named_parameters())
         assert call["domains"] == ["code"] and call["out_dir"] == RunPaths(Layout(out).run(FULL).dir).eval_outputs(label)
@@ -341,12 +414,20 @@ def test_each_checkpoint_of_a_full_run_is_evaluated_with_its_own_weights(tiny, m
     assert list(table.checkpoint.unique()) == ["epochs-0.5", "epochs-1"]
     assert table.groupby("checkpoint").tokens_seen.first().to_dict() == {"epochs-0.5": 1000, "epochs-1": 2000}
     assert table.groupby("checkpoint").step.first().to_dict() == {"epochs-0.5": 5, "epochs-1": 10}
+    assert set(table.duration_unit) == {"epochs"} and set(table.run_id) == {FULL}
     learning = table[table.metric == "learning_code"].set_index("checkpoint").value
     assert learning["epochs-0.5"] != learning["epochs-1"]
     # cached per checkpoint: a second evaluation reads the records, and the run's rows reach the table
     assert evaluation.evaluate_run(tiny.profile, spec, Layout(out).run(FULL).dir, progress=False) == rows
     assert len(fake.calls) == 2
     evaluation.finish_run(tiny.profile, spec, out, rows)
+    done = read_json(paths.results_record)
+    assert (done["run_id"], done["status"], done["rows"]) == (FULL, "completed", rows)
+    assert done["provenance"] == {"seed": 0} and done["train_wall_time_s"] == 1.0
+    wide = evaluation.run_table(rows)  # one line per checkpoint in training order, a column per metric
+    assert wide.index.tolist() == [("epochs-0.5", 1000), ("epochs-1", 2000)]
+    assert wide.loc[("epochs-1", 2000), "learning_code"] == learning["epochs-1"]
+    assert list(wide.columns) == ["forgetting_avg", "learning_code"]
     df = collect(tiny.profile, out)
     mine = df[df.run_id == FULL]
     assert set(mine.method) == {"full"} and set(mine.learning_rate) == {spec.learning_rate}
