@@ -95,6 +95,8 @@ def test_math_prompts_are_k_shot_from_the_training_split(tiny, monkeypatch) -> N
     monkeypatch.setattr(evaluation, "generate", fake)
     out = evaluation.evaluate_math(tiny.model, tiny.tok, cfg, tiny.profile, test, progress=False,
                                    out_dir=tiny.root / "math-out")
+    right = sum(_gold(p) == "2" for p in test) / len(test)  # every completion answers 2, strictly
+    assert out["strict_match"] == out["flexible_extract"] == pytest.approx(right) and 0 < right < 1
     (call,) = fake.calls
     assert call["texts"] == [hand_math_prompt(p.question, train[:2]) for p in test]
     assert call["texts"][0].count("Question: ") == 3 and call["texts"][0].count("#### ") == 2
@@ -233,7 +235,7 @@ def test_learning_code_is_pass_at_1_in_the_sandbox(tiny, monkeypatch) -> None:
     assert per_item == {t.task_id: float(i % 2 == 0) for i, t in enumerate(tasks)}
     samples = read_jsonl(tiny.root / "code-out" / "code_samples.jsonl")
     assert [s["passed"] for s in samples] == [i % 2 == 0 for i in range(len(tasks))]
-    assert "learning_math" not in metrics and not any(k.startswith("unique_") for k in metrics)  # one sample
+    assert "learning_math" not in metrics and not any(k.startswith("humaneval_unique_") for k in metrics)  # 1 sample
 
 
 class FakeChoice:
@@ -428,6 +430,9 @@ def test_each_checkpoint_of_a_full_run_is_evaluated_with_its_own_weights(tiny, m
     assert wide.index.tolist() == [("epochs-0.5", 1000), ("epochs-1", 2000)]
     assert wide.loc[("epochs-1", 2000), "learning_code"] == learning["epochs-1"]
     assert list(wide.columns) == ["forgetting_avg", "learning_code"]
+    cpt = [{"checkpoint": label, "tokens_seen": tokens, "metric": "learning_code", "value": v}
+           for label, tokens, v in (("tokens-16000", 16000, 0.2), ("tokens-8000", 8000, 0.1))]
+    assert evaluation.run_table(cpt).index.tolist() == [("tokens-8000", 8000), ("tokens-16000", 16000)]  # not by name
     df = collect(tiny.profile, out)
     mine = df[df.run_id == FULL]
     assert set(mine.method) == {"full"} and set(mine.learning_rate) == {spec.learning_rate}
