@@ -102,7 +102,7 @@ def test_compute_claims_puts_the_four_families_together(tmp_path: Path, monkeypa
         return fn
 
     monkeypatch.setattr(claims, "main_claims", lambda df, items, profile, paper, lora_rate="chosen": (
-        calls.append(("main", lora_rate, len(paper) > 0, list(df.columns), len(items), profile.name)),
+        calls.append(("main", lora_rate, len(paper) > 0, list(df.columns), len(items), profile.name, len(df))),
         table(AGREE if lora_rate == "chosen" else {**AGREE, "claim": "other-rate/" + AGREE["claim"]}))[1])
     monkeypatch.setattr(claims, "matched_claims", part("matched", [TIE]))
     monkeypatch.setattr(claims, "arm_claims", part("arms", []))
@@ -110,8 +110,8 @@ def test_compute_claims_puts_the_four_families_together(tmp_path: Path, monkeypa
     assert list(out.claim) == [AGREE["claim"], TIE["claim"], "other-rate/" + AGREE["claim"]]
     assert out.index.tolist() == [0, 1, 2]
     columns = ["run_id", "metric", "value"]
-    assert calls[0] == ("main", "chosen", True, columns, 1, "tiny")
-    assert calls[2] == ("main", "other", True, columns, 1, "tiny")
+    assert calls[0] == ("main", "chosen", True, columns, 1, "tiny", 1)
+    assert calls[2] == ("main", "other", True, columns, 1, "tiny", 1)
     assert calls[1] == ("matched", ["run_id", "metric", "value"], 1, "tiny", "chosen", 0)
     assert calls[3][0] == "arms" and calls[3][1:4] == (["run_id", "metric", "value"], 1, "tiny")
     # without the stored tables the output tree is collected (here: the base's record)
@@ -123,7 +123,7 @@ def test_compute_claims_puts_the_four_families_together(tmp_path: Path, monkeypa
                                             {"item": "b", "metric": "learning_code", "value": 0.5}]})
     calls.clear()
     claims.compute_claims(PROFILE, tmp_path)
-    assert calls[0][3][:3] == ["run_id", "domain", "regime"] and calls[0][4] == 2
+    assert calls[0][3][:3] == ["run_id", "domain", "regime"] and calls[0][4] == 2 and calls[0][6] == 1  # the base row
     layout.base_eval.unlink()  # and with no items there is nothing to claim
     with pytest.raises(FileNotFoundError, match="no per-item results"):
         claims.compute_claims(PROFILE, tmp_path)
