@@ -6,24 +6,12 @@ per file, how many texts and tokens it holds (a report, not a check: tests/test_
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from lorastudy.base import world_texts
+from lorastudy.base import strings, world_texts
 from lorastudy.config import load_profile
 from lorastudy.data.sources import world_dir
 from lorastudy.io import read_jsonl
 from lorastudy.tokenizer import build_tokenizer
-
-
-def strings(obj: Any) -> list[str]:
-    """Every string inside a JSON row."""
-    if isinstance(obj, str):
-        return [obj]
-    if isinstance(obj, dict):
-        return [s for v in obj.values() for s in strings(v)]
-    if isinstance(obj, list):
-        return [s for v in obj for s in strings(v)]
-    return []
 
 
 def main(argv: list[str]) -> int:

@@ -54,19 +54,20 @@ def base_info(profile: Profile) -> dict[str, Any]:
     return json.loads(info.read_text()) if info.is_file() else {"source": src}
 
 
-def _strings(obj: Any) -> list[str]:
+def strings(obj: Any) -> list[str]:
+    """Every string inside a JSON row (what the tokenizer and pre-training read of the world's files)."""
     if isinstance(obj, str):
         return [obj]
     if isinstance(obj, dict):
-        return [s for v in obj.values() for s in _strings(v)]
+        return [s for v in obj.values() for s in strings(v)]
     if isinstance(obj, list):
-        return [s for v in obj for s in _strings(v)]
+        return [s for v in obj for s in strings(v)]
     return []
 
 
 def world_texts(world: Path) -> list[str]:
     """Every string in every file of the world: the tokenizer's closed vocabulary."""
-    return [s for f in sorted(world.glob("*.jsonl")) for row in read_jsonl(f) for s in _strings(row)]
+    return [s for f in sorted(world.glob("*.jsonl")) for row in read_jsonl(f) for s in strings(row)]
 
 
 def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> dict[str, Any]:
