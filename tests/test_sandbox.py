@@ -315,3 +315,39 @@ def test_a_layer_this_machine_cannot_set_up_is_dropped_not_failing_every_program
     monkeypatch.setattr(sandbox, "_tried", [])
     assert run_program("assert 1 + 1 == 2\n").passed
     assert isolation.capabilities().seccomp == "" and isolation.capabilities().netns == broken.netns
+
+
+def test_the_interpreter_has_the_standard_library_and_sites_builtins_but_no_site_packages() -> None:
+    result = _run("""
+        import sys, json, collections
+        assert not any("site-packages" in p for p in sys.path), sys.path
+        assert callable(exit) and callable(quit) and callable(help)
+        exit(0)
+        raise AssertionError("exit() did not end the program")
+    """)
+    assert result.status == FAILED and "no completion signal" in result.detail, result
+
+
+@pytest.mark.skipif(not CAPS.get("cgroup"), reason="no per-run cgroup here")
+def test_the_program_runs_inside_its_runs_cgroups() -> None:
+    result = _run("""
+        lines = open("/proc/self/cgroup").read().splitlines()
+        mine = [line for line in lines if "lorastudy-sandbox-" in line]
+        assert mine, lines
+        print("CGROUPS", len(mine))
+    """)
+    assert result.passed, result.output
+    assert "CGROUPS 1" in result.output or "CGROUPS 2" in result.output
+
+
+@pytest.mark.skipif(not CAPS.get("cgroup"), reason="no per-run cgroup here")
+def test_a_run_the_evaluator_cannot_put_into_its_cgroup_runs_nothing(monkeypatch, tmp_path) -> None:
+    from lorastudy.evaluation import sandbox
+
+    assert run_program("pass\n").passed  # the trial run of the layers happens before the patch
+    monkeypatch.setattr(sandbox, "set_cgroup_limits", lambda *a: [tmp_path / "no" / "such" / "cgroup.procs"])
+    start = time.monotonic()
+    result = _run("print('THE PROGRAM RAN')\n")
+    assert result.status == FAILED and "sandbox setup error" in result.detail, result
+    assert "THE PROGRAM RAN" not in result.output
+    assert time.monotonic() - start < 2  # it did not wait for its timeout
