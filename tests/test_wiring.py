@@ -464,6 +464,8 @@ def test_a_lora_checkpoint_is_evaluated_as_the_base_plus_its_adapter(tiny, monke
         for call, (label, lora) in zip(fake.calls, adapters.items()):
             got = call["model"].eval()(ids).logits
             assert torch.allclose(got, lora(ids).logits, atol=1e-5), label
+            # merged into the weights: evaluation pays no adapter dispatch per layer
+            assert not any("lora_" in name for name, _ in call["model"].named_parameters()), label
             assert not torch.allclose(got, base_logits, atol=1e-3), label
 
 

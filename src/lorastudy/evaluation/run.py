@@ -187,7 +187,9 @@ def evaluate_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bo
         path = paths.eval_record(label)
         if not path.is_file():
             start = time.perf_counter()
-            model = load_finetuned(profile, spec.method, paths.checkpoint(label)).to(device())
+            # merged: base + adapter as one set of weights, the same function up to rounding (scores equal, NLLs
+            # ~1e-8 apart) and, on CPU, ~17% less evaluation time for a LoRA run (no adapter dispatch per layer)
+            model = load_finetuned(profile, spec.method, paths.checkpoint(label), merge=True).to(device())
             loaded = time.perf_counter()
             metrics, items = evaluate_model(model, tok, profile, domains=[spec.domain], progress=progress,
                                             out_dir=paths.eval_outputs(label),
