@@ -15,13 +15,39 @@ from lorastudy.evaluation.judge import record, replay
 
 
 @pytest.mark.parametrize("value", [
-    None, True, 0, -7, 2**100, 1.5, -0.0, math.inf, "é\udcff", b"\x00\xff", 1 + 2j, [1, [2]], (1, (2,)), {1, 2},
+    None, True, 0, -7, 2**100, 1.5, -0.0, math.inf, "é\udcff", "\ud83d\ude00", b"\x00\xff", 1 + 2j, [1, [2]], (1, (2,)), {1, 2},
     frozenset({"a"}), {"k": [1, (2, 3)], 4: None, (1, 2): {5}}, [], (), {},
     collections.Counter("abca"), collections.OrderedDict([("b", 1), ("a", 2)]),
 ])
 def test_plain_values_round_trip_with_their_types(value) -> None:
     back = plain.loads(plain.dumps(value))
     assert back == value and type(back) is type(value)
+
+
+EVERY_CHAR = "".join(map(chr, range(0x800))) + "\ud800\udfff\U0001f600 \u2028\u2029\x7f\\\"'"
+
+
+@pytest.mark.parametrize("value", [
+    EVERY_CHAR, [EVERY_CHAR, {"k\n\"": EVERY_CHAR[::-1]}], 10**4000, -(2**64), 5e-324, 1.7976931348623157e308,
+    0.1, -0.0, 123456789.125, [None, True, False, [], {}], {"": ""}, "x" * 100_000,
+])
+def test_plain_json_text_reads_back_as_jsons_own(value) -> None:
+    """The sandbox writes values with plain.to_json (no json module in there); the evaluator reads them with
+    json: each must give exactly the value json.dumps's text gives, and be valid UTF-8."""
+    import json
+
+    data = plain.encode(value)
+    text = plain.to_json(data)
+    assert text.encode("utf-8").decode("utf-8") == text
+    assert json.loads(text.encode("utf-8")) == json.loads(json.dumps(data)) == data
+    assert repr(json.loads(text)) == repr(data)  # -0.0 and float reprs too
+    assert plain.loads(text) == value
+
+
+def test_plain_json_text_refuses_what_encode_never_returns() -> None:
+    for data in ({1: 2}, (1,), b"x", object()):
+        with pytest.raises(plain.Unplain):
+            plain.to_json(data)
 
 
 def test_nan_round_trips() -> None:
@@ -53,7 +79,8 @@ def test_nesting_and_size_are_bounded() -> None:
 
 
 @pytest.mark.parametrize("text", ['{"tuple": 1}', '{"a": 1, "b": 2}', '{"set": [[1]]}', '{"bytes": "zz"}',
-                                  "not json", '{"float": "1.0"}', '{"dict": [[[1], 2]]}'])
+                                  "not json", '{"float": "1.0"}', '{"dict": [[[1], 2]]}', '{"str": "zz"}',
+                                  '{"str": "00d8"}'])
 def test_malformed_payloads_are_unplain(text: str) -> None:
     with pytest.raises(plain.Unplain):
         plain.loads(text)

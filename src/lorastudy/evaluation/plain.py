@@ -6,11 +6,12 @@ the trusted side compares values whose equality nobody can redefine: an object w
 subclass of str, a generator are not plain and fail.
 Lists are JSON arrays; every other container or special value is a one-key object naming its type.
 
-This file must stay free of imports beyond the standard library's `collections`, `json` and `math`: the
-sandbox bootstrap runs it, as source, inside the sandbox's bare interpreter (lorastudy.evaluation.sandbox).
+This file must stay free of module-level imports beyond the standard library's `collections` and `math`: the
+sandbox bootstrap runs it, as source, inside the sandbox's bare interpreter (lorastudy.evaluation.sandbox), where
+importing `json` (and with it `re` and `enum`) would cost each run about 13 ms of its 50. So `to_json` writes
+the JSON text itself; only the trusted side parses it, with `json`.
 """
 import collections
-import json
 import math
 
 MAX_DEPTH = 64  # nesting: deeper is not plain (and would cost the trusted side its recursion budget)
@@ -30,6 +31,8 @@ def encode(value, _depth=0, _budget=None):
     if _depth > MAX_DEPTH:
         raise Unplain(f"nested deeper than {MAX_DEPTH}")
     kind = type(value)
+    if kind is str and not value.isascii() and _has_surrogates(value):
+        return {"str": value.encode("utf-32-le", "surrogatepass").hex()}  # JSON would join a pair into one char
     if value is None or kind is bool or kind is int or kind is str:
         return value
     if kind is float:
@@ -46,6 +49,14 @@ def encode(value, _depth=0, _budget=None):
         pairs = [[encode(k, _depth + 1, budget), encode(v, _depth + 1, budget)] for k, v in value.items()]
         return {"dict" if kind is dict else kind.__name__: pairs}
     raise Unplain(f"a value of type {kind.__name__!r}")
+
+
+def _has_surrogates(text):
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -71,6 +82,8 @@ def decode(data, _depth=0):
             return complex(*(decode(v, _depth + 1) for v in body))
         if tag == "bytes" and type(body) is str:
             return bytes.fromhex(body)
+        if tag == "str" and type(body) is str:
+            return bytes.fromhex(body).decode("utf-32-le", "surrogatepass")
         if tag in ("tuple", "set", "frozenset") and type(body) is list:
             return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](decode(v, _depth + 1) for v in body)
         if tag in _MAPPINGS and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
@@ -81,13 +94,41 @@ def decode(data, _depth=0):
     raise Unplain(f"malformed plain data (tag {tag!r})")
 
 
+# JSON's string escapes: the quote, the backslash, control characters, and lone surrogates (which UTF-8 cannot
+# carry); every other character travels as itself in the UTF-8 text.
+_ESCAPES = {ord('"'): '\\"', ord("\\"): "\\\\", **{c: "\\u%04x" % c for c in [*range(0x20), *range(0xD800, 0xE000)]}}
+
+
+def to_json(data):
+    """`encode`'s output as compact JSON text, the same value `json.loads` reads back as json.dumps would write
+    it (written by hand: see the module's docstring). Only the types `encode` returns are accepted."""
+    kind = type(data)
+    if data is None:
+        return "null"
+    if kind is bool:
+        return "true" if data else "false"
+    if kind is int:
+        return int.__repr__(data)
+    if kind is float:
+        return float.__repr__(data)  # finite: encode tags the others
+    if kind is str:
+        return '"' + data.translate(_ESCAPES) + '"'
+    if kind is list:
+        return "[" + ",".join(map(to_json, data)) + "]"
+    if kind is dict and all(type(k) is str for k in data):
+        return "{" + ",".join(to_json(k) + ":" + to_json(v) for k, v in data.items()) + "}"
+    raise Unplain(f"not encoded plain data ({kind.__name__})")
+
+
 def dumps(value):
     """`value` as one line of JSON text (Unplain if it is not plain)."""
-    return json.dumps(encode(value), separators=(",", ":"))
+    return to_json(encode(value))
 
 
 def loads(text):
     """The value of `dumps(value)`; Unplain for any text `dumps` cannot have written (never another error)."""
+    import json  # here, not at the top: the sandbox's copy of this file never parses JSON (module docstring)
+
     try:
         return decode(json.loads(text))
     except Unplain:

@@ -95,8 +95,8 @@ def run_calls(source: str, entry: str, calls: list[str], *, timeout: float = 3.0
     """Run `source`, then call `entry` on each of `calls` (plain-data [args, kwargs]); (how the run ended, the
     values it returned as plain data or the exceptions it raised, None when it gave none). Status PASSED here
     only means the program ran to its end: the verdict is the judge's."""
-    result, values = _run({"source": source, "calls": list(calls), "entry": entry}, timeout=timeout,
-                          memory_mb=memory_mb, max_procs=max_procs, file_size_mb=file_size_mb,
+    payload = {"source": source, "calls": [json.loads(c) for c in calls], "entry": entry}
+    result, values = _run(payload, timeout=timeout, memory_mb=memory_mb, max_procs=max_procs, file_size_mb=file_size_mb,
                           output_limit=output_limit)
     if result.status != PASSED:
         return result, None
@@ -180,17 +180,15 @@ def _read_values(fh: BinaryIO, file_size_mb: int) -> list[dict[str, Any]] | None
 
 
 def _prepare_dir(root: Path, payload: dict[str, Any], caps: Caps, slot: int) -> Path:
-    """root/{payload.json, bootstrap.bin, output.log, values.json} for the evaluator only, root/newroot (the private root's
+    """root/{payload.bin, bootstrap.bin, output.log, values.json} for the evaluator only, root/newroot (the private root's
     mount point), and root/work (the working directory when there is no private root)."""
     work, newroot = root / "work", root / "newroot"
     work.mkdir()
     newroot.mkdir()
-    fd = os.open(root / "payload.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        json.dump(payload, fh)  # ASCII with \u escapes: any str, even lone surrogates, travels intact
-    fd = os.open(root / "bootstrap.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(_bootstrap())
+    for name, data in (("payload.bin", marshal.dumps(payload)), ("bootstrap.bin", _bootstrap())):
+        fd = os.open(root / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)  # marshal: any str (lone surrogates too) travels intact, and the bootstrap needs no json
     if caps.uid is not None:
         uid = caps.uid + slot if caps.slots else caps.uid
         os.chown(work, uid, uid if caps.slots else caps.gid)
@@ -225,7 +223,7 @@ def _execute(root: Path, work: Path, out: BinaryIO, values: BinaryIO, nonce: byt
     """Spawn the bootstrap, wait up to `timeout`, kill the group; return (returncode, timed_out, signalled)."""
     r_sig, w_sig = os.pipe()
     r_go, w_go = os.pipe() if caps.cgroup else (-1, -1)
-    payload = os.open(root / "payload.json", os.O_RDONLY | os.O_NOFOLLOW)
+    payload = os.open(root / "payload.bin", os.O_RDONLY | os.O_NOFOLLOW)
     cgroups = set_cgroup_limits(caps.cgroup, slot, memory_mb * 2**20, max_procs) if caps.cgroup else []
     try:
         flags = (CLONE_NEWNET if caps.netns else 0) | (CLONE_NEWPID if caps.pidns else 0)

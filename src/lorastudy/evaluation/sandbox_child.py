@@ -8,6 +8,7 @@
 # Exit statuses are relayed up (128+signal for a signalled child). Failures of the set-up exit with status 125
 # and a line starting "sandbox setup error". Kept free of heavy imports: interpreter start-up dominates a run.
 import ctypes
+import marshal
 import os
 import resource
 import site
@@ -215,7 +216,7 @@ def run_calls(module, payload, out_fd):
         results = None
     else:
         for call in payload["calls"]:
-            args, kwargs = loads(call)  # noqa: F821 - plain.py's, concatenated before this source
+            args, kwargs = decode(call)  # noqa: F821 - plain.py's, concatenated before this source
             try:
                 value = fn(*args, **kwargs)
             except Exception as exc:
@@ -225,7 +226,7 @@ def run_calls(module, payload, out_fd):
                 results.append({"value": encode(value)})  # noqa: F821
             except Unplain as exc:  # noqa: F821
                 results.append({"unplain": str(exc)})
-    write_all(out_fd, json.dumps({"results": results}, separators=(",", ":")).encode())  # noqa: F821
+    write_all(out_fd, to_json({"results": results}).encode())  # noqa: F821
 
 
 def site_builtins():
@@ -238,7 +239,7 @@ def site_builtins():
 def main():
     cfg = dict(arg.split("=", 1) for arg in sys.argv[1:])
     site_builtins()
-    payload = json.loads(read_all(0))  # noqa: F821 - json: imported by plain.py's source
+    payload = marshal.loads(read_all(0))  # the evaluator's own data: source, nonce and calls as plain data
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
