@@ -96,8 +96,8 @@ def run_calls(source: str, entry: str, calls: list[str], *, timeout: float = 3.0
     values it returned as plain data or the exceptions it raised, None when it gave none). Status PASSED here
     only means the program ran to its end: the verdict is the judge's."""
     payload = {"source": source, "calls": [json.loads(c) for c in calls], "entry": entry}
-    result, values = _run(payload, timeout=timeout, memory_mb=memory_mb, max_procs=max_procs, file_size_mb=file_size_mb,
-                          output_limit=output_limit)
+    result, values = _run(payload, timeout=timeout, memory_mb=memory_mb, max_procs=max_procs,
+                          file_size_mb=file_size_mb, output_limit=output_limit)
     if result.status != PASSED:
         return result, None
     if values is None:
@@ -180,8 +180,8 @@ def _read_values(fh: BinaryIO, file_size_mb: int) -> list[dict[str, Any]] | None
 
 
 def _prepare_dir(root: Path, payload: dict[str, Any], caps: Caps, slot: int) -> Path:
-    """root/{payload.bin, bootstrap.bin, output.log, values.json} for the evaluator only, root/newroot (the private root's
-    mount point), and root/work (the working directory when there is no private root)."""
+    """root/{payload.bin, bootstrap.bin, output.log, values.json} for the evaluator only, root/newroot (the
+    private root's mount point), and root/work (the working directory when there is no private root)."""
     work, newroot = root / "work", root / "newroot"
     work.mkdir()
     newroot.mkdir()
