@@ -15,7 +15,8 @@ from lorastudy.evaluation.judge import record, replay
 
 
 @pytest.mark.parametrize("value", [
-    None, True, 0, -7, 2**100, 1.5, -0.0, math.inf, "é\udcff", "\ud83d\ude00", b"\x00\xff", 1 + 2j, [1, [2]], (1, (2,)), {1, 2},
+    None, True, 0, -7, 2**100, 1.5, -0.0, math.inf, "é\udcff", "\ud83d\ude00", b"\x00\xff", 1 + 2j, [1, [2]],
+    (1, (2,)), {1, 2},
     frozenset({"a"}), {"k": [1, (2, 3)], 4: None, (1, 2): {5}}, [], (), {},
     collections.Counter("abca"), collections.OrderedDict([("b", 1), ("a", 2)]),
 ])
