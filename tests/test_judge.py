@@ -45,6 +45,15 @@ def test_plain_json_text_reads_back_as_jsons_own(value) -> None:
     assert plain.loads(text) == value
 
 
+def test_plain_json_text_escapes_lone_surrogates_left_in_raw_strings() -> None:
+    # encode tags strings with surrogates, but the bootstrap also writes raw strings (an exception's name or
+    # message): those must still be valid UTF-8 text that json reads back exactly
+    import json
+
+    text = plain.to_json({"raised": "E\ud800x", "unplain": "\udfff"})
+    assert json.loads(text.encode("utf-8")) == {"raised": "E\ud800x", "unplain": "\udfff"}
+
+
 def test_plain_json_text_refuses_what_encode_never_returns() -> None:
     for data in ({1: 2}, (1,), b"x", object()):
         with pytest.raises(plain.Unplain):
