@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from lorastudy.config import load_profile
-
+from lorastudy.layout import EVALUATE_NOTEBOOK, Layout
 from lorastudy.plan import plan_runs
 from lorastudy.results import collect, collect_items
 from lorastudy.tuning import runs_to_train
@@ -166,6 +167,7 @@ def test_killed_sweep_resumes_to_the_same_table(uninterrupted: Path, env: dict[s
     # and every record reads whole
     hidden = sorted(str(p.relative_to(out)) for p in out.rglob(".*") if p.name != ".lock")
     assert not hidden, f"partial files left behind: {hidden}"
+    assert all(Layout(out).run(r).done() for r in KILL_RUNS)  # results and both executed notebooks
     for path in [*out.rglob("*.json"), *out.rglob("*.ipynb")]:
         json.loads(path.read_text())
     a, b = table(uninterrupted), table(out)
@@ -174,6 +176,27 @@ def test_killed_sweep_resumes_to_the_same_table(uninterrupted: Path, env: dict[s
     items_a, items_b = collect_items(load_profile("tiny"), uninterrupted), collect_items(load_profile("tiny"), out)
     items_a = items_a[items_a.run_id.isin(["base", *KILL_RUNS])].reset_index(drop=True)
     pd.testing.assert_frame_equal(items_a, items_b.reset_index(drop=True), check_exact=False, rtol=1e-6)
+
+
+def test_a_run_killed_before_its_notebook_was_saved_is_redone(uninterrupted: Path, env: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    """Killed between the evaluation notebook's writing results.json and papermill's saving the notebook: the
+    run is not done (the book could not show it), so the next sweep runs its notebooks again, from its cached
+    training and evaluation, and the half-written notebook goes."""
+    run_id = KILL_RUNS[1]
+    out = tmp_path / "tiny-c"
+    shutil.copytree(uninterrupted / "base", out / "base")
+    shutil.copytree(uninterrupted / "runs" / run_id, out / "runs" / run_id)
+    paths = Layout(out).run(run_id)
+    trained = paths.train_record.read_text()
+    stale = paths.dir / f".{Path(EVALUATE_NOTEBOOK).stem}.4242.ipynb"
+    paths.notebook(EVALUATE_NOTEBOOK).rename(stale)
+    assert paths.evaluated() and not paths.done()
+    proc = sweep(["tiny", "--output", str(out), "--no-analyses", "--only", run_id], env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert paths.done() and not stale.exists()
+    assert paths.train_record.read_text() == trained  # training was not redone
+    assert len(paths.attempts.read_text().splitlines()) == 2
 
 
 def test_continue_on_error_records_failure_and_goes_on(env: dict[str, str], tmp_path: Path) -> None:

@@ -136,8 +136,15 @@ class RunPaths:
     def trained(self) -> bool:
         return self.train_record.is_file()
 
-    def done(self) -> bool:
+    def evaluated(self) -> bool:
+        """Results written: what an analysis reads."""
         return self.results_record.is_file()
+
+    def done(self) -> bool:
+        """Results written and both executed notebooks saved: what a sweep skips. A sweep killed after the
+        evaluation notebook wrote its results but before papermill saved the notebook left a run the book
+        cannot show; the next sweep redoes it (training and evaluation are cached, so only the notebooks run)."""
+        return self.evaluated() and all(self.notebook(n).is_file() for n in (FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, cpu_count, plan_workers
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import BASE_NOTEBOOK, PROGRESS_ENV, Layout
-from lorastudy.notebooks import execute_in_process, is_exclusive, notebook_parameters
+from lorastudy.notebooks import clean_stale, execute_in_process, is_exclusive, notebook_parameters
 from lorastudy.results import collect, collect_items, run_records, write_table
 from lorastudy.runner import DONE, FAILED
 from lorastudy.tuning import awaits_selection, runs_to_train
@@ -104,6 +104,7 @@ def ensure_base(profile_ref: str, out_root: Path, threads: int | None) -> None:
     layout.base_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(layout.base_lock)):
         if not layout.base_notebook.is_file():
+            clean_stale(layout.base_dir)  # what a killed sweep's base notebook left half-written
             print(f"[base] building (if not cached) and evaluating the base model ({threads} threads; "
                   f"log: base/base.log)")
             bar = TrainingBar(layout.base_progress, "base pre-training")

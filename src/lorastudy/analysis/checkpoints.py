@@ -68,7 +68,7 @@ def finished_runs(profile: Profile, out_root: Path, **where: Any) -> list[RunSpe
     out = []
     for spec in plan_runs(profile):
         paths = layout.run(spec.run_id)
-        if not (paths.done() and paths.trained()):
+        if not (paths.evaluated() and paths.trained()):
             continue
         if any(getattr(spec, k) not in (v if isinstance(v, (list, tuple, set)) else [v]) for k, v in where.items()):
             continue
