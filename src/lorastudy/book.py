@@ -22,10 +22,11 @@ import yaml
 
 from lorastudy.config import Profile
 from lorastudy.executors import plan_workers
-from lorastudy.io import write_text
+from lorastudy.analysis.robustness import base_forgetting, paired_verdicts, replicate_layout
+from lorastudy.io import read_json, write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
-from lorastudy.scorecard import CHAPTER_VERDICTS, figure_labels, scorecard
+from lorastudy.scorecard import CHAPTER_VERDICTS, figure_labels, replicate_section, scorecard
 from lorastudy.snapshot import describe, from_snapshot, seed
 from lorastudy.sweep import run_analyses
 
@@ -96,14 +97,30 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
         labels = figure_labels([src / f"{c}.ipynb" for c in chapters])
         verdicts = {name: pd.read_csv(layout.chapter_verdict(name)) for name in CHAPTER_VERDICTS
                     if name in chapters and layout.chapter_verdict(name).is_file()}
+        claims = pd.read_csv(layout.claims_table)
         with (src / "intro.md").open("a", encoding="utf-8") as f:
-            f.write(scorecard(profile_name, pd.read_csv(layout.claims_table), labels, verdicts))
+            f.write(scorecard(profile_name, claims, labels, verdicts))
+            f.write(_replicate(profile_name, layout, claims))
     toc = _toc([p for p in PAGES_BEFORE if (src / f"{p}.md").is_file()],
                chapters,
                [p for p in PAGES_AFTER if (src / f"{p}.md").is_file()],
                base, runs, snapshot_runs)
     write_text(src / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
     return src
+
+
+def _replicate(profile_name: str, layout: Layout, claims: pd.DataFrame) -> str:
+    """The landing page's replicate section, when results/PROFILE-replicate holds a second run of the study."""
+    replicate = replicate_layout(profile_name)
+    if not replicate.claims_table.is_file():
+        return ""
+    record = read_json(replicate.provenance) if replicate.provenance.is_file() else {}
+    origin = record.get("origin") or f"snapshot taken {record.get('taken', '?')}"
+    bases = [base_forgetting(path) for path in (layout.results_table, replicate.results_table)]
+    if None not in bases:
+        origin += f"; its base scores {bases[1]:.3f} on the forgetting sets, this study's {bases[0]:.3f}"
+    return replicate_section(paired_verdicts(claims, pd.read_csv(replicate.claims_table)),
+                             replicate.root.name, origin)
 
 
 def run_jupyter_book(src: Path, book_dir: Path, *, strict: bool = True) -> Path:

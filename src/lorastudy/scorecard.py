@@ -13,8 +13,9 @@ import nbformat
 import pandas as pd
 
 from lorastudy.analysis.claims import claims_of, compact, verdict_text
+from lorastudy.analysis.robustness import agreement_table
 
-__all__ = ["FIGURE_OF", "FAMILIES", "CHAPTER_VERDICTS", "figure_labels", "figure_for", "scorecard"]
+__all__ = ["FIGURE_OF", "FAMILIES", "CHAPTER_VERDICTS", "figure_labels", "figure_for", "scorecard", "replicate_section"]
 
 # claim id prefix → the named figure that shows it (longest prefix first: '-nll' before its score claim)
 FIGURE_OF = [("full-learns-more-nll", "fig-answer-nll"), ("cpt-learns-nll", "fig-answer-nll"),
@@ -86,4 +87,31 @@ def scorecard(profile_name: str, claims: pd.DataFrame, labels: Mapping[str, str]
         columns = [c for c in ("statement", "ours", "estimate", "ci_low", "ci_high", "verdict", "figure")
                    if c in shown]
         text += [f"\n### {title}\n", shown[columns].round(3).to_markdown(index=False)]
+    return "\n".join(text) + "\n"
+
+
+def replicate_section(paired: pd.DataFrame, replicate_name: str, replicate_origin: str) -> str:
+    """The landing page's section on a replicate of the study (markdown; `paired` from
+    analysis.robustness.paired_verdicts): how many verdicts it keeps, per family, and the ones it reverses."""
+    if paired.empty:
+        return ""
+    decided = paired[paired.verdict != "cannot tell"]
+    counts = agreement_table(paired)
+    counts.insert(0, "claims", [FAMILIES.get(f, f) for f in counts.pop("family")])
+    text = [f"\n\n## Does a verdict survive a second base model? (`{replicate_name}`)\n",
+            f"The intervals above cover test items and fine-tuning seeds, not the base model. `{replicate_name}` "
+            f"is the same study run again ({replicate_origin}); its base came out differently, since another CPU "
+            "rounds differently and pre-training carries that into other weights. Of "
+            f"{len(paired)} claims, {int((paired.relation == 'same').sum())} keep their verdict; of the "
+            f"{len(decided)} that agree or disagree here, {int((decided.relation == 'same').sum())} do so in the "
+            "replicate too. A verdict that changes is one this study cannot settle.\n",
+            counts.to_markdown(index=False)]
+    opposite = paired[paired.relation == "opposite"]
+    if len(opposite):
+        def side(suffix: str) -> list[str]:
+            return [f"{v}: {e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, e, lo, hi in zip(
+                *(opposite[c + suffix] for c in ("verdict", "estimate", "ci_low", "ci_high")))]
+        table = pd.DataFrame({"panel": opposite.panel, "claim": opposite.statement, "here": side(""),
+                              "replicate": side("_replicate")})
+        text += ["\nClaims whose verdict the replicate reverses:\n", table.to_markdown(index=False)]
     return "\n".join(text) + "\n"

@@ -1,0 +1,74 @@
+"""analysis.robustness and the landing page's replicate section on hand-made claims: which verdicts a replicate
+keeps, reverses or leaves undecided, counted per family, and the base's forgetting read from a results table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS
+from lorastudy.analysis.robustness import agreement_table, base_forgetting, paired_verdicts, replicate_layout
+from lorastudy.layout import SNAPSHOTS
+from lorastudy.scorecard import replicate_section
+
+
+def claims(*rows: tuple[str, str, float]) -> pd.DataFrame:
+    """(claim id, verdict, estimate) rows with an interval of ±0.05 around the estimate."""
+    return pd.DataFrame([{c: None for c in CLAIM_COLUMNS} | {
+        "claim": cid, "statement": f"statement of {cid}", "panel": "code IFT", "verdict": v, "estimate": e,
+        "ci_low": e - 0.05, "ci_high": e + 0.05} for cid, v, e in rows], columns=CLAIM_COLUMNS)
+
+
+HERE = claims(("full-learns-more/code-ift/r2", "agrees", 0.1), ("lora-forgets-less/code-ift/r2", "agrees", 0.2),
+              ("lora-forgets-less/math-ift/r8", "disagrees", -0.2), ("matched/lora-forgets-less/code-ift/r2",
+                                                                      "cannot tell", 0.0),
+              ("fig7/all-beats-attention/r2", "agrees", 0.1), ("only-here/x", "agrees", 0.3))
+THERE = claims(("full-learns-more/code-ift/r2", "agrees", 0.08), ("lora-forgets-less/code-ift/r2", "disagrees", -0.1),
+               ("lora-forgets-less/math-ift/r8", "cannot tell", -0.01), ("matched/lora-forgets-less/code-ift/r2",
+                                                                          "cannot tell", 0.01),
+               ("fig7/all-beats-attention/r2", "cannot tell", 0.02), ("only-there/y", "agrees", 0.3))
+
+
+def test_each_shared_claim_is_same_opposite_or_undecided_on_one_side() -> None:
+    paired = paired_verdicts(HERE, THERE).set_index("claim")
+    assert list(paired.index) == list(HERE.claim[:5])  # claims only one side holds are left out
+    assert paired.relation.to_dict() == {
+        "full-learns-more/code-ift/r2": "same", "lora-forgets-less/code-ift/r2": "opposite",
+        "lora-forgets-less/math-ift/r8": "one cannot tell", "matched/lora-forgets-less/code-ift/r2": "same",
+        "fig7/all-beats-attention/r2": "one cannot tell"}
+    assert paired.family.to_dict()["matched/lora-forgets-less/code-ift/r2"] == "matched"
+    assert paired.loc["lora-forgets-less/code-ift/r2", "estimate_replicate"] == -0.1
+
+
+def test_the_agreement_table_counts_per_family() -> None:
+    table = agreement_table(paired_verdicts(HERE, THERE)).set_index("family")
+    assert table.loc["main"].to_dict() == {"n": 3, "same verdict": 1, "opposite verdict": 1,
+                                           "one side cannot tell": 1, "decided here": 3,
+                                           "decided in the replicate": 2, "decided in both, same": 1}
+    assert table.loc["matched", "same verdict"] == 1 and table.loc["matched", "decided in both, same"] == 0
+    assert table.loc["fig7", "one side cannot tell"] == 1
+
+
+def test_the_section_counts_kept_verdicts_and_lists_the_reversed_ones() -> None:
+    text = replicate_section(paired_verdicts(HERE, THERE), "mini-replicate", "trained elsewhere")
+    assert "Of 5 claims, 2 keep their verdict; of the 4 that agree or disagree here, 1 do so" in text
+    assert "(trained elsewhere)" in text
+    reversed_rows = text.split("reverses:")[1]
+    assert "statement of lora-forgets-less/code-ift/r2" in reversed_rows
+    assert "agrees: +0.200 [+0.150, +0.250]" in reversed_rows and "disagrees: -0.100 [-0.150, -0.050]" in reversed_rows
+    assert "lora-forgets-less/math-ift/r8" not in reversed_rows  # undecided on one side is not a reversal
+    assert replicate_section(paired_verdicts(HERE, THERE.iloc[:0]), "r", "o") == ""
+
+
+def test_the_base_forgetting_comes_from_the_base_row(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    pd.DataFrame({"run_id": ["base", "base", "run-a"], "metric": ["learning_code", "forgetting_avg", "forgetting_avg"],
+                  "value": [0.01, 0.945, 0.5]}).to_csv(path, index=False)
+    assert base_forgetting(path) == 0.945
+    assert base_forgetting(tmp_path / "missing.csv") is None
+    pd.DataFrame({"run_id": ["run-a"], "metric": ["forgetting_avg"], "value": [0.5]}).to_csv(path, index=False)
+    assert base_forgetting(path) is None
+
+
+def test_the_replicate_of_a_profile_is_its_own_snapshot_folder() -> None:
+    assert replicate_layout("mini").root == SNAPSHOTS / "mini-replicate"
