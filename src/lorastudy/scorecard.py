@@ -100,8 +100,9 @@ def replicate_section(paired: pd.DataFrame, replicate_name: str, replicate_origi
     counts.insert(0, "claims", [FAMILIES.get(f, f) for f in counts.pop("family")])
     text = [f"\n\n## Does a verdict survive a second base model? (`{replicate_name}`)\n",
             f"The intervals above cover test items and fine-tuning seeds, not the base model. `{replicate_name}` "
-            f"is the same study run again ({replicate_origin}); its base came out differently, since another CPU "
-            "rounds differently and pre-training carries that into other weights. Of "
+            f"is the same study run again ({replicate_origin}): with the same code and profile the base comes out "
+            "differently on another CPU, which rounds differently, and pre-training carries that into other "
+            "weights. Of "
             f"{len(paired)} claims, {int((paired.relation == 'same').sum())} keep their verdict; of the "
             f"{len(decided)} that agree or disagree here, {int((decided.relation == 'same').sum())} do so in the "
             "replicate too. A verdict that changes is one this study cannot settle.\n",
