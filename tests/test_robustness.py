@@ -2,14 +2,18 @@
 keeps, reverses or leaves undecided, counted per family, and the base's forgetting read from a results table."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
 
+from lorastudy.analysis.claims import compute_claims
 from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS
 from lorastudy.analysis.robustness import agreement_table, base_forgetting, paired_verdicts, replicate_layout
+from lorastudy.config import load_profile
 from lorastudy.layout import SNAPSHOTS
 from lorastudy.scorecard import replicate_section
+from lorastudy.snapshot import seed
 
 
 def claims(*rows: tuple[str, str, float]) -> pd.DataFrame:
@@ -72,3 +76,14 @@ def test_the_base_forgetting_comes_from_the_base_row(tmp_path: Path) -> None:
 
 def test_the_replicate_of_a_profile_is_its_own_snapshot_folder() -> None:
     assert replicate_layout("mini").root == SNAPSHOTS / "mini-replicate"
+
+
+def test_the_committed_replicate_is_compared_by_this_code(tmp_path: Path) -> None:
+    """The replicate's stored claims are what this code computes from its own tables, so the landing page's
+    comparison differs by the base model only, not by a change of the claims code (recompute and commit them
+    when that code changes)."""
+    profile = load_profile("mini")
+    assert seed(profile, tmp_path, replicate_layout("mini").root)
+    stored = pd.read_csv(replicate_layout("mini").claims_table)
+    computed = pd.read_csv(io.StringIO(compute_claims(profile, tmp_path).to_csv(index=False)))  # as stored
+    pd.testing.assert_frame_equal(computed, stored)

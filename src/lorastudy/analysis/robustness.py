@@ -3,7 +3,7 @@ host, where the mini base came out differently: CPU kernels round differently, a
 difference into another base model. The claims' intervals cover test items and fine-tuning seeds, not the base
 model, so a replicate is the only way to see how much a verdict owes to the one base it was measured on.
 
-A replicate is a snapshot at results/PROFILE-replicate (claims.csv, results.csv, provenance.json with its
+A replicate is a snapshot at results/PROFILE-replicate (claims.csv, results.csv, items.parquet, provenance.json with its
 `origin`); the book's landing page compares its verdicts with the study's (scorecard.replicate_section).
 """
 from __future__ import annotations
