@@ -20,9 +20,9 @@ import nbformat
 import pandas as pd
 import yaml
 
+from lorastudy.analysis.robustness import base_forgetting, paired_verdicts, replicate_layout
 from lorastudy.config import Profile
 from lorastudy.executors import plan_workers
-from lorastudy.analysis.robustness import base_forgetting, paired_verdicts, replicate_layout
 from lorastudy.io import read_json, write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
