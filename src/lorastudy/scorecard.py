@@ -13,6 +13,7 @@ import nbformat
 import pandas as pd
 
 from lorastudy.analysis.claims import claims_of, compact, verdict_text
+from lorastudy.analysis.intervals import CANNOT_TELL
 from lorastudy.analysis.robustness import agreement_table
 
 __all__ = ["FIGURE_OF", "FAMILIES", "CHAPTER_VERDICTS", "figure_labels", "figure_for", "scorecard", "replicate_section"]
@@ -95,7 +96,7 @@ def replicate_section(paired: pd.DataFrame, replicate_name: str, replicate_origi
     analysis.robustness.paired_verdicts): how many verdicts it keeps, per family, and the ones it reverses."""
     if paired.empty:
         return ""
-    decided = paired[paired.verdict != "cannot tell"]
+    decided = paired[paired.verdict != CANNOT_TELL]
     counts = agreement_table(paired)
     counts.insert(0, "claims", [FAMILIES.get(f, f) for f in counts.pop("family")])
     text = [f"\n\n## Does a verdict survive a second base model? (`{replicate_name}`)\n",
