@@ -3,12 +3,21 @@ mini world, built once and cached.
 
 It stands in for Llama-2-7B: it must *know* the source domain (facts about people) before fine-tuning,
 so that forgetting can be measured; its source multiple-choice accuracy is printed and stored.
+
+The repository ships the mini base the committed results were fine-tuned from (resources/bases/, with the
+fingerprint of the world it was pre-trained on and a checksum per file). Another CPU rounds pre-training's sums
+differently, and 708 steps turn that into another base model that moves a third of the verdicts; so a fresh
+clone whose generated world is the same fine-tunes the shipped weights, and `lorastudy base mini --rebuild`
+pre-trains them here instead.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +36,9 @@ from lorastudy.tokenizer import build_tokenizer
 from lorastudy.training import fit, training_arguments
 
 BASE_VERSION = 1  # bump when the mini base recipe changes, so cached bases are rebuilt
+SHIPPED = Path(__file__).parent / "resources" / "bases"  # mini bases shipped with the code, by cache key
+MANIFEST = "shipped.json"
+log = logging.getLogger(__name__)
 
 
 def mini_base_dir(profile: Profile) -> Path:
@@ -36,22 +48,101 @@ def mini_base_dir(profile: Profile) -> Path:
     return base_cache(key)
 
 
-def base_source(profile: Profile) -> str:
-    """Hub id or local folder of the base model (building the mini base if needed)."""
+def base_source(profile: Profile, *, rebuild: bool = False) -> str:
+    """Hub id or local folder of the base model: the mini base from the cache, else the shipped one if it was
+    pre-trained on this world, else (or with `rebuild`) pre-trained here."""
     if profile.base.kind == "pretrained":
         return str(profile.base.model)
     path = mini_base_dir(profile)
-    if not (path / "base.json").is_file():
-        build_mini_base(profile, path)
+    if rebuild or not (path / "base.json").is_file():
+        shipped = None if rebuild else shipped_base(profile)
+        if shipped is not None:
+            install(shipped, path)
+        else:
+            build_mini_base(profile, path)
     return str(path)
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def world_fingerprint(world: Path) -> str:
+    """One checksum of the world's text files (what the tokenizer and pre-training read)."""
+    digest = hashlib.sha256()
+    for f in sorted(world.glob("*.jsonl")):
+        digest.update(f"{f.name}\0{sha256(f)}\0".encode())
+    return digest.hexdigest()
+
+
+def shipped_base(profile: Profile) -> Path | None:
+    """The shipped mini base of this recipe, if there is one and it was pre-trained on the world this machine
+    generates (else fine-tuning would read it with another tokenizer); a file that fails its checksum is an error."""
+    folder = SHIPPED / mini_base_dir(profile).name
+    if not (folder / MANIFEST).is_file():
+        return None
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if manifest["world"] != world_fingerprint(world_dir(profile)):
+        log.warning("the shipped mini base was pre-trained on another world than the one generated here: "
+                    "pre-training it here")
+        return None
+    bad = sorted(name for name, digest in manifest["files"].items() if sha256(folder / name) != digest)
+    if bad:
+        raise ValueError(f"shipped base {folder}: {bad} fail their checksums (a damaged checkout?)")
+    return folder
+
+
+def install(shipped: Path, out: Path) -> None:
+    """Copy a shipped base into the cache atomically (beside, then renamed)."""
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(shipped, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    log.info("mini base: the shipped one (%s)", shipped.name)
+
+
+def ship(profile: Profile, commit: str) -> Path:
+    """Put the cached mini base into resources/bases/ with its world's fingerprint, a checksum per file and where
+    it was built (a maintainer's step, after `base --rebuild`, when the recipe or the world changes)."""
+    built = Path(base_source(profile))
+    folder = SHIPPED / built.name
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(built, tmp, ignore=shutil.ignore_patterns(MANIFEST))
+    info = json.loads((tmp / "base.json").read_text())
+    write_json(tmp / "base.json", {**info, "world": Path(info["world"]).name})  # no path of the building machine
+    files = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    write_json(tmp / MANIFEST, {"world": world_fingerprint(world_dir(profile)), "files": files, "built_by": commit,
+                                "torch": torch.__version__, "machine": platform.machine(), "processor": _cpu_model()})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def _cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def base_info(profile: Profile) -> dict[str, Any]:
-    """What the mini base's build recorded (base.json: size, tokens, time, loss curve, source accuracy), or
-    just the source of a pretrained base."""
-    src = base_source(profile)
-    info = Path(src) / "base.json"
-    return json.loads(info.read_text()) if info.is_file() else {"source": src}
+    """What the mini base's build recorded (base.json: size, tokens, time, loss curve, source accuracy; and for a
+    shipped base where it was built), or just the source of a pretrained base."""
+    src = Path(base_source(profile))
+    if not (src / "base.json").is_file():
+        return {"source": str(src)}
+    info = json.loads((src / "base.json").read_text())
+    if (src / MANIFEST).is_file():
+        shipped = json.loads((src / MANIFEST).read_text())
+        info.update(shipped_by=shipped["built_by"], built_on=shipped["processor"])
+    return info
 
 
 def strings(obj: Any) -> list[str]:
@@ -103,7 +194,7 @@ def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> di
         "tokens_per_s": ckpt.tokens_seen / wall, "final_loss": next(
             (h["loss"] for h in reversed(ckpt.log_history) if "loss" in h), None),
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in ckpt.log_history if "loss" in h],
-        "world": str(world), "source_mc": source_mc_accuracy(profile, model, tok),
+        "world": world.name, "source_mc": source_mc_accuracy(profile, model, tok),
     }
     write_json(tmp / "base.json", summary)
     shutil.rmtree(out, ignore_errors=True)

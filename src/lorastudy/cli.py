@@ -65,10 +65,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_base(args: argparse.Namespace) -> int:
-    from lorastudy.base import base_info, base_source
+    from lorastudy.base import base_info, base_source, ship
 
     profile = _profile(args)
-    print(f"base model: {base_source(profile)}")
+    print(f"base model: {base_source(profile, rebuild=args.rebuild)}")
+    if args.ship:
+        from lorastudy.provenance import git_state
+
+        print(f"shipped as {ship(profile, git_state()['commit'] or 'unknown')}")
     meta = base_info(profile)
     if "parameters" in meta:
         print(json.dumps({k: meta.get(k) for k in ("parameters", "vocab_size", "pretrain_tokens", "wall_time_s",
@@ -272,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, help="CPU threads per run (default: the profile's execution.threads_per_run)")
     sp.add_argument("--executor", choices=["local", "slurm"], default="local",
                     help="local worker processes, or one cluster job per run through submitit")
-    add("base", cmd_base, "build (mini) or locate (pretrained) the base model")
+    sp = add("base", cmd_base, "build (mini) or locate (pretrained) the base model")
+    sp.add_argument("--rebuild", action="store_true", help="pre-train the mini base here, not the shipped one")
+    sp.add_argument("--ship", action="store_true", help="copy the mini base into the package (resources/bases/)")
     add("check", cmd_check, "check GPUs, memory, disk, hub and dataset access before spending compute")
     sp = add("train", cmd_train, "fine-tune one planned run")
     sp.add_argument("run_id")

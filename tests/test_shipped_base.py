@@ -1,0 +1,97 @@
+"""The shipped mini base: it is the mini profile's, it is what its record says, and a fresh cache takes it only
+when this machine generates the world it was pre-trained on."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from lorastudy import base
+from lorastudy.config import load_profile
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return load_profile("mini")
+
+
+@pytest.fixture(scope="module")
+def shipped(mini) -> Path:
+    folder = base.shipped_base(mini)
+    assert folder is not None, "no shipped base for the mini profile's recipe: run `lorastudy base mini --ship`"
+    return folder
+
+
+def test_the_shipped_base_is_the_mini_recipes_and_passes_its_checksums(mini, shipped: Path) -> None:
+    manifest = json.loads((shipped / base.MANIFEST).read_text())
+    assert shipped.name == base.mini_base_dir(mini).name
+    assert manifest["world"] == base.world_fingerprint(base.world_dir(mini))
+    assert set(manifest["files"]) == {f.name for f in shipped.iterdir()} - {base.MANIFEST}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "base.json"} <= set(manifest["files"])
+    assert "/" not in json.loads((shipped / "base.json").read_text())["world"]  # no path of the building machine
+
+
+def test_the_shipped_base_scores_what_its_record_says(mini, shipped: Path) -> None:
+    """Weights, tokenizer and world belong together: the source accuracy measured now is the recorded one."""
+    model = LlamaForCausalLM.from_pretrained(shipped)
+    tok = AutoTokenizer.from_pretrained(shipped)
+    recorded = json.loads((shipped / "base.json").read_text())["source_mc"]
+    assert base.source_mc_accuracy(mini, model, tok) == recorded
+
+
+@pytest.fixture()
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """A fresh cache holding only the world (copied), and a pre-training that records being asked."""
+    world = base.world_dir(load_profile("mini"))
+    monkeypatch.setenv("LORASTUDY_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(world, tmp_path / "cache" / world.name)
+    built: list[Path] = []
+
+    def pretrain(profile, out, progress=True):
+        out.mkdir(parents=True)
+        (out / "base.json").write_text("{}")
+        built.append(out)
+
+    monkeypatch.setattr(base, "build_mini_base", pretrain)
+    return built
+
+
+def test_a_fresh_cache_takes_the_shipped_base_without_pre_training(mini, shipped: Path, empty_cache) -> None:
+    path = Path(base.base_source(mini))
+    assert not empty_cache
+    assert path.parent == Path(base.world_dir(mini)).parent and path.name == shipped.name
+    assert base.sha256(path / "model.safetensors") == base.sha256(shipped / "model.safetensors")
+    info = base.base_info(mini)
+    assert info["shipped_by"] and info["built_on"] and info["source_mc"]
+
+
+def test_rebuild_pre_trains_here_even_with_a_shipped_base(mini, shipped: Path, empty_cache) -> None:
+    base.base_source(mini, rebuild=True)
+    assert len(empty_cache) == 1
+
+
+def test_another_world_is_pre_trained_on_not_given_the_shipped_base(mini, shipped: Path, empty_cache,
+                                                                    monkeypatch, caplog) -> None:
+    monkeypatch.setattr(base, "world_fingerprint", lambda world: "another world")
+    with caplog.at_level(logging.WARNING, logger="lorastudy.base"):
+        base.base_source(mini)
+    assert len(empty_cache) == 1 and "another world" in caplog.text
+
+
+def test_a_damaged_shipped_file_is_an_error_not_a_silent_base(mini, shipped: Path, empty_cache, tmp_path,
+                                                             monkeypatch) -> None:
+    copy = tmp_path / "bases"
+    shutil.copytree(shipped, copy / shipped.name)
+    with open(copy / shipped.name / "model.safetensors", "r+b") as fh:
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))
+    monkeypatch.setattr(base, "SHIPPED", copy)
+    with pytest.raises(ValueError, match="model.safetensors"):
+        base.base_source(mini)
+    assert not empty_cache
