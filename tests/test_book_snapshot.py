@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from lorastudy import browser
-from lorastudy.analysis.robustness import paired_verdicts, replicate_layout
+from lorastudy.analysis.robustness import paired_verdicts, replicate_layouts
 from lorastudy.book import BOOK_DIR, check_images, render_book
 from lorastudy.config import load_profile
 from lorastudy.layout import NOTEBOOKS, snapshot_layout
@@ -54,14 +54,19 @@ def test_the_scorecard_lists_every_claim(snapshot_book):
     assert "Scorecard" in intro and intro.count("Fig. ") >= 5  # links to the figures that show the claims
 
 
-def test_the_landing_page_says_how_many_verdicts_the_replicate_keeps(snapshot_book):
+def test_the_landing_page_says_how_many_verdicts_each_replicate_keeps(snapshot_book):
     html, _ = snapshot_book
     intro = html_lib.unescape((html / "intro.html").read_text()).replace("\u2019", "'")
-    paired = paired_verdicts(pd.read_csv(SNAPSHOT.claims_table), pd.read_csv(replicate_layout("mini").claims_table))
-    assert "Does a verdict survive a second base model?" in intro
-    assert f"Of {len(paired)} claims, {(paired.relation == 'same').sum()} keep their verdict" in intro
-    for statement in paired[paired.relation == "opposite"].statement:
-        assert statement in intro.split("reverses:")[1]
+    replicates = replicate_layouts("mini")
+    assert replicates
+    sections = intro.split("Does a verdict survive another base model?")[1:]
+    assert len(sections) == len(replicates)
+    for replicate, section in zip(replicates, sections):
+        paired = paired_verdicts(pd.read_csv(SNAPSHOT.claims_table), pd.read_csv(replicate.claims_table))
+        assert replicate.root.name in section.split("\n")[0]
+        assert f"Of {len(paired)} claims, {(paired.relation == 'same').sum()} keep their verdict" in section
+        for statement in paired[paired.relation == "opposite"].statement:
+            assert statement in section.split("reverses:")[1]
 
 
 def test_the_appendix_lists_the_runs_and_says_where_their_notebooks_come_from(snapshot_book):

@@ -173,3 +173,38 @@ def test_a_program_that_does_not_parse_fails_without_a_sandbox_run() -> None:
     assert syntax_error("x = 1\n") is None
     res = run_all({"bad": "def f(:\n", "good": "x = 1\n"}, timeout=3, workers=1, progress=False)
     assert res["bad"].status == "failed" and "SyntaxError" in res["bad"].detail
+
+
+def test_a_verdict_is_remembered_for_the_same_task_completion_and_timeout(problems, monkeypatch) -> None:
+    """A later checkpoint's identical sample is not run again; another timeout, another task text or a timeout
+    verdict (which depends on load) is."""
+    from dataclasses import replace
+
+    from lorastudy.evaluation import code
+
+    monkeypatch.setattr(code, "_judged", code.OrderedDict())
+    ran: list[int] = []
+    real = code.run_all
+    monkeypatch.setattr(code, "run_all", lambda jobs, **kw: (ran.append(len(jobs)), real(jobs, **kw))[1])
+    task = problems["HumanEval/0"]
+    good, loop = task.canonical_solution, "    while True:\n        pass\n"
+    first = evaluate_samples([{"task_id": "HumanEval/0", "completion": c} for c in (good, WRONG)], problems,
+                             progress=False)
+    again = evaluate_samples([{"task_id": "HumanEval/0", "completion": c} for c in (WRONG, good)], problems,
+                             progress=False)
+    assert ran == [2, 0]
+    assert [s["passed"] for s in first["samples"]] == [True, False] and [s["passed"] for s in again["samples"]] == \
+        [False, True]
+    assert again["samples"][0] == first["samples"][1]
+    evaluate_samples([{"task_id": "HumanEval/0", "completion": good}], problems, timeout=2.0, progress=False)
+    changed = {**problems, "HumanEval/0": replace(task, test=task.test + "\n")}
+    evaluate_samples([{"task_id": "HumanEval/0", "completion": good}], changed, progress=False)
+    assert ran == [2, 0, 1, 1]
+    for _ in range(2):
+        timed = evaluate_samples([{"task_id": "HumanEval/0", "completion": loop}], problems, timeout=0.3,
+                                 progress=False)
+        assert timed["samples"][0]["result"] == "timed out"
+    assert ran == [2, 0, 1, 1, 1, 1]
+    monkeypatch.setattr(code, "MEMORY", 2)
+    code._remember(("a",), (code.SandboxResult("failed", "x"), "replayed"))  # type: ignore[arg-type]
+    assert len(code._judged) == 2 and ("a",) in code._judged

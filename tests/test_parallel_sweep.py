@@ -17,7 +17,7 @@ import yaml
 from filelock import FileLock
 
 from lorastudy.config import load_profile
-from lorastudy.executors import plan_workers
+from lorastudy.executors import LocalExecutor, Outcome, Plan, plan_workers
 from lorastudy.layout import Layout
 from lorastudy.results import collect
 from lorastudy.notebooks import thread_env
@@ -47,6 +47,28 @@ def rows(out: Path) -> pd.DataFrame:
     df = collect(load_profile("tiny"), out)
     df = df[df.run_id.isin(["base", *RUNS])].drop(columns=["status"])
     return df.sort_values(["run_id", "checkpoint", "metric"]).reset_index(drop=True)
+
+
+def test_runs_a_finished_run_makes_possible_start_before_the_others_end(monkeypatch, tmp_path: Path) -> None:
+    """The other seeds of a group go to the first free worker once its candidates are in, not after a stage."""
+    started: list[str] = []
+
+    def one(self, profile_ref, out_root, run_id):
+        started.append(run_id)
+        time.sleep({"slow": 0.6}.get(run_id, 0.05))
+        return Outcome(run_id, "done")
+
+    monkeypatch.setattr(LocalExecutor, "_one", one)
+    released = {"fast": ["seed-1", "seed-2"]}
+    done: list[str] = []
+
+    def more() -> list[str]:
+        return released.pop(done[-1], [])
+
+    outcomes = LocalExecutor(Plan(workers=2, threads=1)).run("tiny", tmp_path, ["slow", "fast", "last"],
+                                                             lambda o: done.append(o.run_id), more=more)
+    assert sorted(o.run_id for o in outcomes) == ["fast", "last", "seed-1", "seed-2", "slow"]
+    assert done.index("slow") > done.index("seed-1"), done  # a seed ran while the slow candidate still trained
 
 
 def test_plan_workers_shares_the_cores() -> None:

@@ -6,12 +6,13 @@ import io
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from lorastudy.analysis import robustness
 from lorastudy.analysis.claims import compute_claims
 from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS
-from lorastudy.analysis.robustness import agreement_table, base_forgetting, paired_verdicts, replicate_layout
+from lorastudy.analysis.robustness import agreement_table, base_forgetting, paired_verdicts, replicate_layouts
 from lorastudy.config import load_profile
-from lorastudy.layout import SNAPSHOTS
 from lorastudy.scorecard import replicate_section
 from lorastudy.snapshot import seed
 
@@ -74,16 +75,27 @@ def test_the_base_forgetting_comes_from_the_base_row(tmp_path: Path) -> None:
     assert base_forgetting(path) is None
 
 
-def test_the_replicate_of_a_profile_is_its_own_snapshot_folder() -> None:
-    assert replicate_layout("mini").root == SNAPSHOTS / "mini-replicate"
+def test_the_replicates_of_a_profile_are_its_snapshot_folders_with_claims(tmp_path: Path, monkeypatch) -> None:
+    for name in ("mini-replicate", "mini-replicate-2", "mini-replicate-b", "mini-replicated", "mini-replicate-3",
+                 "tiny-replicate"):
+        (tmp_path / name).mkdir()
+        if name != "mini-replicate-3":  # no claims table: not a replicate
+            (tmp_path / name / "claims.csv").write_text("claim\n")
+    monkeypatch.setattr(robustness, "SNAPSHOTS", tmp_path)
+    monkeypatch.setattr(robustness, "snapshot_layout", lambda name: robustness.Layout(tmp_path / name))
+    assert [lay.root.name for lay in replicate_layouts("mini")] == ["mini-replicate", "mini-replicate-2",
+                                                                   "mini-replicate-b"]
+    assert [lay.root.name for lay in replicate_layouts("tiny")] == ["tiny-replicate"]
 
 
-def test_the_committed_replicate_is_compared_by_this_code(tmp_path: Path) -> None:
-    """The replicate's stored claims are what this code computes from its own tables, so the landing page's
+@pytest.mark.parametrize("replicate", [lay.root.name for lay in replicate_layouts("mini")])
+def test_each_committed_replicate_is_compared_by_this_code(tmp_path: Path, replicate: str) -> None:
+    """A replicate's stored claims are what this code computes from its own tables, so the landing page's
     comparison differs by the base model only, not by a change of the claims code (recompute and commit them
     when that code changes)."""
     profile = load_profile("mini")
-    assert seed(profile, tmp_path, replicate_layout("mini").root)
-    stored = pd.read_csv(replicate_layout("mini").claims_table)
+    layout = robustness.snapshot_layout(replicate)
+    assert seed(profile, tmp_path, layout.root)
+    stored = pd.read_csv(layout.claims_table)
     computed = pd.read_csv(io.StringIO(compute_claims(profile, tmp_path).to_csv(index=False)))  # as stored
     pd.testing.assert_frame_equal(computed, stored)

@@ -20,7 +20,7 @@ import nbformat
 import pandas as pd
 import yaml
 
-from lorastudy.analysis.robustness import base_forgetting, paired_verdicts, replicate_layout
+from lorastudy.analysis.robustness import base_forgetting, paired_verdicts, replicate_layouts
 from lorastudy.config import Profile
 from lorastudy.executors import plan_workers
 from lorastudy.io import read_json, write_text
@@ -110,17 +110,17 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
 
 
 def _replicate(profile_name: str, layout: Layout, claims: pd.DataFrame) -> str:
-    """The landing page's replicate section, when results/PROFILE-replicate holds a second run of the study."""
-    replicate = replicate_layout(profile_name)
-    if not replicate.claims_table.is_file():
-        return ""
-    record = read_json(replicate.provenance) if replicate.provenance.is_file() else {}
-    origin = record.get("origin") or f"snapshot taken {record.get('taken', '?')}"
-    bases = [base_forgetting(path) for path in (layout.results_table, replicate.results_table)]
-    if None not in bases:
-        origin += f"; its base scores {bases[1]:.3f} on the forgetting sets, this study's {bases[0]:.3f}"
-    return replicate_section(paired_verdicts(claims, pd.read_csv(replicate.claims_table)),
-                             replicate.root.name, origin)
+    """The landing page's replicate sections, one per results/PROFILE-replicate* (other runs of the study)."""
+    text = []
+    for replicate in replicate_layouts(profile_name):
+        record = read_json(replicate.provenance) if replicate.provenance.is_file() else {}
+        origin = record.get("origin") or f"snapshot taken {record.get('taken', '?')}"
+        bases = [base_forgetting(path) for path in (layout.results_table, replicate.results_table)]
+        if None not in bases:
+            origin += f"; its base scores {bases[1]:.3f} on the forgetting sets, this study's {bases[0]:.3f}"
+        text.append(replicate_section(paired_verdicts(claims, pd.read_csv(replicate.claims_table)),
+                                      replicate.root.name, origin))
+    return "".join(text)
 
 
 def run_jupyter_book(src: Path, book_dir: Path, *, strict: bool = True) -> Path:

@@ -179,8 +179,10 @@ class LocalExecutor:
             except queue.Empty:
                 return
 
-    def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str],
-            on_done: Callable[[Outcome], None]) -> list[Outcome]:
+    def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str], on_done: Callable[[Outcome], None],
+            more: Callable[[], list[str]] | None = None) -> list[Outcome]:
+        """Train `run_ids`, and after every finished run those `more` adds (runs it makes possible: the other
+        seeds of a group whose learning rate is chosen), so no worker waits for a stage to end."""
         outcomes: list[Outcome] = []
         running: dict[Future, str] = {}
         todo = list(run_ids)
@@ -204,6 +206,11 @@ class LocalExecutor:
                         outcomes.append(outcome)
                         on_done(outcome)
                         bar.update()
+                        added = more() if more else []
+                        if added:
+                            todo += added
+                            bar.total += len(added)
+                            bar.refresh()
             finally:
                 self.close()
         return outcomes

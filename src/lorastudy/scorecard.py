@@ -99,7 +99,7 @@ def replicate_section(paired: pd.DataFrame, replicate_name: str, replicate_origi
     decided = paired[paired.verdict != CANNOT_TELL]
     counts = agreement_table(paired)
     counts.insert(0, "claims", [FAMILIES.get(f, f) for f in counts.pop("family")])
-    text = [f"\n\n## Does a verdict survive a second base model? (`{replicate_name}`)\n",
+    text = [f"\n\n## Does a verdict survive another base model? (`{replicate_name}`)\n",
             f"The intervals above cover test items and fine-tuning seeds, not the base model. `{replicate_name}` "
             f"is the same study run again ({replicate_origin}): with the same code and profile the base comes out "
             "differently on another CPU, which rounds differently, and pre-training carries that into other "

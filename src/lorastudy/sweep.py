@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
@@ -189,24 +190,35 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
         else:
             report.skipped.append(outcome.run_id)
 
-    # stage 1: every run but the other seeds of learning-rate sweeps; stage 2: those seeds at the chosen rates
-    plan, seen = plan_workers(profile, 1, workers, threads), set()
-    for stage in (1, 2):
-        df = collect(profile, out_root) if stage == 2 else None
+    seen: set[str] = set()
+
+    def pending(df: pd.DataFrame | None) -> list[str]:
+        """Runs to train that no call planned before: without results, every run but the other seeds of
+        learning-rate sweeps; with them, also those seeds of every group whose rate is now chosen."""
         specs = [s for s in runs_to_train(profile, df) if (not only or s.run_id in only) and s.run_id not in seen]
-        seen |= {s.run_id for s in specs}
-        if stage == 2 and specs:
-            print(f"[sweep] learning rates chosen on validation; {len(specs)} more seeds at the chosen rates")
+        seen.update(s.run_id for s in specs)
         todo = [s.run_id for s in specs if run_status(out_root, s) != "done"]
-        done = [s.run_id for s in specs if s.run_id not in todo]
-        report.skipped += done
-        if done:
-            print(f"[sweep] {len(done)} of {len(specs)} runs already done; skipping them")
-        if todo:
-            plan = plan_workers(profile, len(todo), workers, threads)
-            print(f"[sweep] {len(todo)} runs on {plan.workers} worker(s), {plan.threads or 'default'} thread(s) each "
-                  f"({plan.reason}); {executor} executor; each run's log: runs/RUN_ID/sweep.log")
-            make_executor(profile, plan, executor, out_root).run(profile_ref, out_root, todo, record)
+        report.skipped.extend(s.run_id for s in specs if s.run_id not in todo)
+        if df is not None and todo:
+            tqdm.write(f"[sweep] learning rates chosen on validation: {len(todo)} more seed(s) at the chosen rates")
+        return todo
+
+    todo = pending(None)
+    todo += pending(collect(profile, out_root))  # groups already decided by an earlier sweep
+    if report.skipped:
+        print(f"[sweep] {len(report.skipped)} runs already done; skipping them")
+    plan = plan_workers(profile, max(1, len(todo)), workers, threads)
+    if todo:
+        print(f"[sweep] {len(todo)} runs on {plan.workers} worker(s), {plan.threads or 'default'} thread(s) each "
+              f"({plan.reason}); {executor} executor; each run's log: runs/RUN_ID/sweep.log")
+        runner = make_executor(profile, plan, executor, out_root)
+        if isinstance(runner, LocalExecutor):  # a group's other seeds start as soon as its rate is chosen
+            runner.run(profile_ref, out_root, todo, record, more=lambda: pending(collect(profile, out_root)))
+        else:  # a job array per stage: the other seeds once every candidate has finished
+            runner.run(profile_ref, out_root, todo, record)
+            later = pending(collect(profile, out_root))
+            if later:
+                runner.run(profile_ref, out_root, later, record)
     clock["runs"] = time.perf_counter()
     if profile.released:
         from lorastudy.evaluation.released import evaluate_released  # heavy (torch): only released profiles

@@ -3,8 +3,8 @@ host, where the mini base came out differently: CPU kernels round differently, a
 difference into another base model. The claims' intervals cover test items and fine-tuning seeds, not the base
 model, so a replicate is the only way to see how much a verdict owes to the one base it was measured on.
 
-A replicate is a snapshot at results/PROFILE-replicate (claims.csv, results.csv, items.parquet, provenance.json with its
-`origin`); the book's landing page compares its verdicts with the study's (scorecard.replicate_section).
+A replicate is a snapshot at results/PROFILE-replicate* (claims.csv, results.csv, items.parquet, provenance.json with
+its `origin`); the book's landing page compares each one's verdicts with the study's (scorecard.replicate_section).
 """
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ import pandas as pd
 
 from lorastudy.analysis.claims import kind
 from lorastudy.analysis.intervals import AGREES, CANNOT_TELL, DISAGREES
-from lorastudy.layout import BASE_ID, Layout, snapshot_layout
+from lorastudy.layout import BASE_ID, SNAPSHOTS, Layout, snapshot_layout
 
 REPLICATE_SUFFIX = "-replicate"
 
 
-def replicate_layout(profile_name: str) -> Layout:
-    """results/PROFILE-replicate: the snapshot of a second run of the same study."""
-    return snapshot_layout(profile_name + REPLICATE_SUFFIX)
+def replicate_layouts(profile_name: str) -> list[Layout]:
+    """results/PROFILE-replicate, PROFILE-replicate-2, ...: the snapshots of other runs of the same study that hold
+    a claims table, in the order of their names."""
+    names = sorted(path.name for path in SNAPSHOTS.glob(profile_name + REPLICATE_SUFFIX + "*")
+                   if path.name == profile_name + REPLICATE_SUFFIX
+                   or path.name[len(profile_name + REPLICATE_SUFFIX):].startswith("-"))
+    return [layout for layout in map(snapshot_layout, names) if layout.claims_table.is_file()]
 
 
 def base_forgetting(results_table: Path) -> float | None:

@@ -14,7 +14,7 @@ import gzip
 import importlib.util
 import json
 import os
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -164,6 +164,21 @@ def run_all(
     return results
 
 
+MEMORY = 100_000  # verdicts kept per process (the mini study scores 28k samples, 14k of them distinct)
+_judged: OrderedDict[tuple[CodeTask, str, float], tuple[SandboxResult, str]] = OrderedDict()
+
+
+def _remember(key: tuple[CodeTask, str, float], verdict: tuple[SandboxResult, str]) -> None:
+    """Keep a verdict that says what the program does: not a timeout (which depends on the machine's load), not an
+    error of the evaluator's own or of the sandbox's set-up (which another try may not meet)."""
+    result = verdict[0]
+    if result.status == TIMED_OUT or result.detail.startswith(("evaluator error", "sandbox setup error")):
+        return
+    _judged[key] = verdict
+    while len(_judged) > MEMORY:
+        _judged.popitem(last=False)
+
+
 @functools.lru_cache(maxsize=4096)
 def recording(task: CodeTask) -> judge.Recording:
     """The calls of the task's check (recorded once per task and process: the reference is deterministic)."""
@@ -198,17 +213,25 @@ def evaluate_samples(
 ) -> dict:
     """pass@k, sample counts, distinct passing/failing completions per task, and per-sample results.
 
-    Identical (task_id, completion) pairs are run once and share the result (greedy decoding repeats a lot).
+    Identical (task, completion) pairs are run once and share the result (greedy decoding repeats a lot), in this
+    call and in later ones of the same process (a sweep worker scores half of all checkpoints: in the mini study
+    about half of all samples repeat one scored before).
     """
     _validate(samples, problems)
     keys = [(s["task_id"], s["completion"]) for s in samples]
+    judged: dict[tuple[str, str], tuple[SandboxResult, str]] = {}
     jobs: dict[tuple[str, str], Job] = {}
     for tid, comp in dict.fromkeys(keys):
         task, rec = problems[tid], recording(problems[tid])
+        if (task, comp, timeout) in _judged:
+            judged[(tid, comp)] = _judged[(task, comp, timeout)]
+            continue
         jobs[(tid, comp)] = Job(task.prompt + comp, task.entry_point, rec.calls) if rec.replayable else \
             Job(build_program(task, comp))
     ran = run_all(jobs, timeout=timeout, workers=workers, progress=progress, desc="HumanEval")
-    judged = {key: _verdict(problems[key[0]], jobs[key], *ran[key], timeout) for key in jobs}
+    for key, job in jobs.items():
+        judged[key] = _verdict(problems[key[0]], job, *ran[key], timeout)
+        _remember((problems[key[0]], key[1], timeout), judged[key])
 
     records = [
         {"task_id": tid, "passed": judged[(tid, comp)][0].passed, "result": _result_text(judged[(tid, comp)][0]),
