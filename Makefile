@@ -14,7 +14,7 @@ help:
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile -c requirements.lock -e '.[dev]'  # .pyc on first import: 22 s, not 58
 	touch $(STAMP)
 
 setup: $(STAMP)
