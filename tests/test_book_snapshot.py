@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from lorastudy import browser
-from lorastudy.analysis.robustness import paired_verdicts, replicate_layouts
+from lorastudy.analysis.robustness import paired_verdicts, replicate_layouts, settled
 from lorastudy.book import BOOK_DIR, check_images, render_book
 from lorastudy.config import load_profile
 from lorastudy.layout import NOTEBOOKS, snapshot_layout
@@ -59,6 +59,10 @@ def test_the_landing_page_says_how_many_verdicts_each_replicate_keeps(snapshot_b
     intro = html_lib.unescape((html / "intro.html").read_text()).replace("\u2019", "'")
     replicates = replicate_layouts("mini")
     assert replicates
+    claims = pd.read_csv(SNAPSHOT.claims_table)
+    kept = settled(claims, [pd.read_csv(r.claims_table) for r in replicates])
+    assert f"Of {len(claims)} claims, {len(kept)} are decided, and decided the same way, on every base" in intro
+    assert all(c in intro.split("Verdicts that every base model gives")[1] for c in kept.claim)
     sections = intro.split("Does a verdict survive another base model?")[1:]
     assert len(sections) == len(replicates)
     for replicate, section in zip(replicates, sections):

@@ -99,3 +99,18 @@ def test_each_committed_replicate_is_compared_by_this_code(tmp_path: Path, repli
     stored = pd.read_csv(layout.claims_table)
     computed = pd.read_csv(io.StringIO(compute_claims(profile, tmp_path).to_csv(index=False)))  # as stored
     pd.testing.assert_frame_equal(computed, stored)
+
+
+def test_settled_claims_are_decided_alike_on_every_base() -> None:
+    from lorastudy.analysis.robustness import settled
+    from lorastudy.scorecard import settled_section
+
+    third = THERE.assign(verdict=["agrees", "disagrees", "disagrees", "cannot tell", "cannot tell", "agrees"])
+    assert settled(HERE, [THERE]).claim.tolist() == ["full-learns-more/code-ift/r2"]
+    assert settled(HERE, [THERE, third]).claim.tolist() == ["full-learns-more/code-ift/r2"]
+    assert settled(HERE, [third.assign(verdict="disagrees")]).claim.tolist() == ["lora-forgets-less/math-ift/r8"]
+    assert settled(HERE, []).claim.tolist() == [c for c, v in zip(HERE.claim, HERE.verdict) if v != "cannot tell"]
+    text = settled_section(settled(HERE, [THERE, third]), len(HERE), ["mini-replicate", "mini-replicate-2"])
+    assert "2 other base models (`mini-replicate`, `mini-replicate-2`" in text and "Of 6 claims, 1 are" in text
+    assert "full-learns-more/code-ift/r2" in text and "agrees" in text and "+0.100 [+0.050, +0.150]" in text
+    assert settled_section(settled(HERE, []), len(HERE), []) == ""

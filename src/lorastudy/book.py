@@ -20,13 +20,13 @@ import nbformat
 import pandas as pd
 import yaml
 
-from lorastudy.analysis.robustness import base_forgetting, paired_verdicts, replicate_layouts
+from lorastudy.analysis.robustness import base_forgetting, paired_verdicts, replicate_layouts, settled
 from lorastudy.config import Profile
 from lorastudy.executors import plan_workers
 from lorastudy.io import read_json, write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
-from lorastudy.scorecard import CHAPTER_VERDICTS, figure_labels, replicate_section, scorecard
+from lorastudy.scorecard import CHAPTER_VERDICTS, figure_labels, replicate_section, scorecard, settled_section
 from lorastudy.snapshot import describe, from_snapshot, seed
 from lorastudy.sweep import run_analyses
 
@@ -111,8 +111,10 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
 
 def _replicate(profile_name: str, layout: Layout, claims: pd.DataFrame) -> str:
     """The landing page's replicate sections, one per results/PROFILE-replicate* (other runs of the study)."""
-    text = []
-    for replicate in replicate_layouts(profile_name):
+    replicates = replicate_layouts(profile_name)
+    others = [pd.read_csv(r.claims_table) for r in replicates]
+    text = [settled_section(settled(claims, others), len(claims), [r.root.name for r in replicates])]
+    for replicate in replicates:
         record = read_json(replicate.provenance) if replicate.provenance.is_file() else {}
         origin = record.get("origin") or f"snapshot taken {record.get('taken', '?')}"
         bases = [base_forgetting(path) for path in (layout.results_table, replicate.results_table)]

@@ -16,7 +16,8 @@ from lorastudy.analysis.claims import claims_of, compact, verdict_text
 from lorastudy.analysis.intervals import CANNOT_TELL
 from lorastudy.analysis.robustness import agreement_table
 
-__all__ = ["FIGURE_OF", "FAMILIES", "CHAPTER_VERDICTS", "figure_labels", "figure_for", "scorecard", "replicate_section"]
+__all__ = ["FIGURE_OF", "FAMILIES", "CHAPTER_VERDICTS", "figure_labels", "figure_for", "scorecard", "replicate_section",
+           "settled_section"]
 
 # claim id prefix → the named figure that shows it (longest prefix first: '-nll' before its score claim)
 FIGURE_OF = [("full-learns-more-nll", "fig-answer-nll"), ("cpt-learns-nll", "fig-answer-nll"),
@@ -116,4 +117,22 @@ def replicate_section(paired: pd.DataFrame, replicate_name: str, replicate_origi
         table = pd.DataFrame({"panel": opposite.panel, "claim": opposite.statement, "here": side(""),
                               "replicate": side("_replicate")})
         text += ["\nClaims whose verdict the replicate reverses:\n", table.to_markdown(index=False)]
+    return "\n".join(text) + "\n"
+
+
+def settled_section(settled: pd.DataFrame, n_claims: int, replicate_names: list[str]) -> str:
+    """The landing page's list of the verdicts every base model gives alike (`settled` from
+    analysis.robustness.settled), before the section on each replicate."""
+    if not replicate_names:
+        return ""
+    names = ", ".join(f"`{n}`" for n in replicate_names)
+    text = ["\n\n## Verdicts that every base model gives\n",
+            f"The study was also run on {len(replicate_names)} other base model{'s' if len(replicate_names) > 1 else ''}"
+            f" ({names}; the sections below compare each with this one). Of {n_claims} claims, {len(settled)} are "
+            "decided, and decided the same way, on every base: the verdicts this study settles. Every other verdict "
+            "depends on the base model it was measured on.\n"]
+    if len(settled):
+        shown = settled.assign(ours=[f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
+                                     zip(settled.estimate, settled.ci_low, settled.ci_high)])
+        text.append(shown[["claim", "statement", "verdict", "ours"]].to_markdown(index=False))
     return "\n".join(text) + "\n"

@@ -65,3 +65,15 @@ def agreement_table(paired: pd.DataFrame) -> pd.DataFrame:
                      "decided in the replicate": int((g.verdict_replicate != CANNOT_TELL).sum()),
                      "decided in both, same": int(((g.verdict != CANNOT_TELL) & (g.relation == "same")).sum())})
     return pd.DataFrame(rows)
+
+
+def settled(claims: pd.DataFrame, replicates: list[pd.DataFrame]) -> pd.DataFrame:
+    """The claims decided (agrees or disagrees) here and the same way in every replicate: the verdicts that do
+    not hang on the base model. Columns: family, claim, panel, statement, verdict, estimate, ci_low, ci_high."""
+    keep = claims[claims.verdict != CANNOT_TELL]
+    for other in replicates:
+        same = keep[["claim", "verdict"]].merge(other[["claim", "verdict"]], on=["claim", "verdict"])
+        keep = keep[keep.claim.isin(same.claim)]
+    out = keep[["claim", "panel", "statement", "verdict", "estimate", "ci_low", "ci_high"]].copy()
+    out.insert(0, "family", [kind(c) for c in out.claim])
+    return out.reset_index(drop=True)
