@@ -111,6 +111,10 @@ ENDINGS = {
     "killed": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
     "loops": "while True:\n    pass\n",
     "unclosed thread": "import threading\nthreading.Thread(target=lambda: None).start()\n",
+    "exits False": "import sys\nsys.exit(False)\n",
+    "raises beside a thread": "import threading, time\nthreading.Thread(target=time.sleep, args=(5,)).start()\n"
+                              "raise ValueError('bad')\n",
+    "raises, then atexit": "import atexit\natexit.register(lambda: print('ATEXIT'))\nraise ValueError('bad')\n",
 }
 
 
@@ -122,4 +126,45 @@ def test_a_served_run_ends_as_a_fresh_one(monkeypatch, name: str) -> None:
     fresh = run_program(ENDINGS[name], timeout=0.5)
     assert (served.status, served.detail) == (fresh.status, fresh.detail)
     assert served.status == (PASSED if name in ("passes", "unclosed thread") else
-                             TIMED_OUT if name == "loops" else FAILED)
+                             TIMED_OUT if name in ("loops", "raises beside a thread") else FAILED)
+    assert ("ATEXIT" in served.output) == ("ATEXIT" in fresh.output)
+
+
+def _zygote_processes() -> list[int]:
+    """Our children that are zygotes (idle or serving)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == \
+                    os.getpid() and b"serve=1" in open(f"/proc/{entry}/cmdline", "rb").read():
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@needs_zygote
+def test_a_run_dies_with_its_zygote_and_is_not_run_again(caplog) -> None:
+    import threading
+    import time
+
+    outcome: list[sandbox.SandboxResult] = []
+    marker = "/tmp/lorastudy-zygote-test-" + os.urandom(4).hex()  # the run's own /tmp: gone with it
+    worker = threading.Thread(target=lambda: outcome.append(run_program(
+        f"open({marker!r}, 'w').write('x')\nprint('STARTED', flush=True)\nimport time\ntime.sleep(30)\n",
+        timeout=60)))
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="lorastudy.evaluation.sandbox"):
+        worker.start()
+        time.sleep(1.0)
+        busy = _zygote_processes()
+        with zygote._idle_lock:
+            busy = [pid for pid in busy if pid not in {z.proc.pid for z in zygote._idle}]
+        assert busy, "no zygote was serving the run"
+        for pid in busy:
+            os.kill(pid, signal.SIGKILL)
+        worker.join(30)
+    assert outcome and outcome[0].status == FAILED, outcome
+    assert time.monotonic() - start < 15  # the run died with the zygote, it did not sleep out its 30 s
+    assert outcome[0].output.count("STARTED") == 1  # not run again in a fresh interpreter
+    assert "zygote" in caplog.text

@@ -17,7 +17,7 @@ import os
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -169,12 +169,12 @@ _judged: OrderedDict[tuple[CodeTask, str, float], tuple[SandboxResult, str]] = O
 
 
 def _remember(key: tuple[CodeTask, str, float], verdict: tuple[SandboxResult, str]) -> None:
-    """Keep a verdict that says what the program does: not a timeout (which depends on the machine's load), not an
-    error of the evaluator's own or of the sandbox's set-up (which another try may not meet)."""
+    """Keep a verdict (the first one wins, a timeout too: retrying only timeouts would bias pass rates upward),
+    but not an error of the evaluator's own or of the sandbox's set-up, which says nothing of the program."""
     result = verdict[0]
-    if result.status == TIMED_OUT or result.detail.startswith(("evaluator error", "sandbox setup error")):
+    if result.detail.startswith(("evaluator error", "sandbox setup error", "exit status 125")):
         return
-    _judged[key] = verdict
+    _judged[key] = (replace(result, output=""), verdict[1])  # the verdict, not the output: memory stays small
     while len(_judged) > MEMORY:
         _judged.popitem(last=False)
 
@@ -223,8 +223,9 @@ def evaluate_samples(
     jobs: dict[tuple[str, str], Job] = {}
     for tid, comp in dict.fromkeys(keys):
         task, rec = problems[tid], recording(problems[tid])
-        if (task, comp, timeout) in _judged:
-            judged[(tid, comp)] = _judged[(task, comp, timeout)]
+        known = _judged.get((task, comp, timeout))
+        if known is not None:
+            judged[(tid, comp)] = known
             continue
         jobs[(tid, comp)] = Job(task.prompt + comp, task.entry_point, rec.calls) if rec.replayable else \
             Job(build_program(task, comp))

@@ -1,6 +1,7 @@
 """What isolation this machine allows the sandbox, detected once: namespaces (network, PID, mount), an
 unprivileged uid per concurrent run (worker slots held with file locks), per-run cgroups (v2, or v1 `memory` and
-`pids`), and pidfds. lorastudy.evaluation.sandbox uses the layers found and reports the missing ones.
+`pids`), and pidfds. lorastudy.evaluation.sandbox uses the layers found and reports the missing ones; a run's
+folder is removed here whatever the program left in it.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import fcntl
 import logging
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -286,3 +288,26 @@ def slot(caps: Caps) -> Iterator[int]:
             return
         time.sleep(0.05)
     raise RuntimeError(f"all {SLOTS} sandbox slots are busy")
+
+
+def remove_tree(root: Path) -> None:
+    """Remove the run's folder whatever the program left in it (read-only or mode-000 folders, a tree too deep
+    for shutil's recursion); never raises: a failure is logged and the folder left for the OS to clean."""
+
+    def make_writable(func: Any, path: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(path), 0o700)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+            func(path)
+
+    for attempt in range(3):
+        try:
+            shutil.rmtree(root, onerror=make_writable)
+        except (RecursionError, OSError):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):  # coreutils' rm walks without recursion
+                subprocess.run(["rm", "-rf", "--one-file-system", "--", str(root)], capture_output=True, timeout=60)
+        if not root.exists():
+            return
+        time.sleep(0.05 * (attempt + 1))  # processes of a killed PID namespace may still be exiting
+    log.warning("sandbox: could not fully remove %s", root)

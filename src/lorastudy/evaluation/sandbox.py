@@ -42,7 +42,6 @@ import math
 import os
 import secrets
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from typing import Any, BinaryIO
 
 from lorastudy.evaluation import isolation, plain, zygote
 from lorastudy.evaluation.isolation import (DEFAULT_PATH, Caps, capabilities, kill_cgroup,  # noqa: F401
+                                            remove_tree,
                                             sandbox_capabilities,  # re-exported: the report callers read
                                             set_cgroup_limits, slot)
 
@@ -150,7 +150,7 @@ def _run_with(caps: Caps, payload: dict[str, Any], *, timeout: float, memory_mb:
                 returned = _read_values(values, file_size_mb) if signalled and payload["calls"] is not None \
                     else None
     finally:
-        _remove_tree(root)
+        remove_tree(root)
     elapsed = time.monotonic() - start
     if signalled:
         if isinstance(returned, str):  # values the program overwrote or corrupted
@@ -243,8 +243,10 @@ def _execute(root: Path, work: Path, out: BinaryIO, values: BinaryIO, nonce: byt
     if caps.pidfd:
         try:
             return _execute_served(root, cfg, env, cgroups, nonce, caps, slot, timeout)
-        except zygote.ZygoteError as exc:
+        except zygote.ZygoteError as exc:  # it never ran: whatever it may have started is gone with the zygote
             log.warning("sandbox: %s; this run starts a fresh interpreter", exc)
+            if caps.cgroup:
+                kill_cgroup(caps.cgroup, slot)
             for fh in (out, values):
                 fh.seek(0)
                 fh.truncate()
@@ -264,11 +266,14 @@ def _execute_served(root: Path, cfg: dict[str, Any], env: dict[str, str], cgroup
             pid = server.spawn({k: str(v) for k, v in cfg.items()}, files)
             try:
                 finished = _wait_exited(pid, timeout, True)
-            finally:
-                _kill_group(pid)  # before the zygote reaps it, so the group id cannot have been reused
+            finally:  # the zygote kills the group and reaps it (its child: the pid cannot be reused meanwhile)
+                try:
+                    status = server.reap(pid)
+                except zygote.ZygoteError as exc:  # the run did run: never again; its tree died with the zygote
+                    log.warning("sandbox: %s", exc)
+                    status = (128 + signal.SIGKILL) << 8  # as the outer process relays a SIGKILL
                 if caps.cgroup:
                     kill_cgroup(caps.cgroup, slot)
-                status = server.reap(pid)
         return os.waitstatus_to_exitcode(status), not finished, _read_signal(r_sig) == nonce
     finally:
         os.close(r_sig)
@@ -375,26 +380,3 @@ def _failure_detail(returncode: int, output: str) -> str:
     if returncode == 0:
         return "exited before the end of the program (status 0, no completion signal)"
     return last or f"exit status {returncode}"
-
-
-def _remove_tree(root: Path) -> None:
-    """Remove the run's folder whatever the program left in it (read-only or mode-000 folders, a tree too deep
-    for shutil's recursion); never raises: a failure is logged and the folder left for the OS to clean."""
-
-    def make_writable(func: Any, path: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(path), 0o700)
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, 0o700)
-            func(path)
-
-    for attempt in range(3):
-        try:
-            shutil.rmtree(root, onerror=make_writable)
-        except (RecursionError, OSError):
-            with contextlib.suppress(OSError, subprocess.SubprocessError):  # coreutils' rm walks without recursion
-                subprocess.run(["rm", "-rf", "--one-file-system", "--", str(root)], capture_output=True, timeout=60)
-        if not root.exists():
-            return
-        time.sleep(0.05 * (attempt + 1))  # processes of a killed PID namespace may still be exiting
-    log.warning("sandbox: could not fully remove %s", root)

@@ -6,6 +6,8 @@ to run, it forks, and the child goes on exactly as a fresh bootstrap would (name
 cgroups, rlimits, seccomp), so every run still gets a process tree, a root and limits of its own. The zygote
 never reads a run's payload (the child opens the run's files), so no run's program or nonce is in the memory
 that later runs are forked from. A zygote serves one run at a time; the pool keeps one per concurrent caller.
+Runs of one zygote share its hash seed and address-space layout (a program whose outcome depends on set order is
+then consistent within a worker, as it would be with PYTHONHASHSEED fixed; isolation does not rest on either).
 """
 from __future__ import annotations
 
@@ -104,6 +106,7 @@ class Zygote:
 
 _idle: list[Zygote] = []
 _idle_lock = threading.Lock()
+os.register_at_fork(after_in_child=_idle.clear)  # a forked evaluator must not share its parent's zygotes' pipes
 
 
 @contextlib.contextmanager
