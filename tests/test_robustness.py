@@ -77,14 +77,14 @@ def test_the_base_forgetting_comes_from_the_base_row(tmp_path: Path) -> None:
 
 def test_the_replicates_of_a_profile_are_its_snapshot_folders_with_claims(tmp_path: Path, monkeypatch) -> None:
     for name in ("mini-replicate", "mini-replicate-2", "mini-replicate-b", "mini-replicated", "mini-replicate-3",
-                 "tiny-replicate"):
+                 "mini-replicate-10", "tiny-replicate"):
         (tmp_path / name).mkdir()
         if name != "mini-replicate-3":  # no claims table: not a replicate
             (tmp_path / name / "claims.csv").write_text("claim\n")
     monkeypatch.setattr(robustness, "SNAPSHOTS", tmp_path)
     monkeypatch.setattr(robustness, "snapshot_layout", lambda name: robustness.Layout(tmp_path / name))
     assert [lay.root.name for lay in replicate_layouts("mini")] == ["mini-replicate", "mini-replicate-2",
-                                                                   "mini-replicate-b"]
+                                                                   "mini-replicate-10", "mini-replicate-b"]
     assert [lay.root.name for lay in replicate_layouts("tiny")] == ["tiny-replicate"]
 
 

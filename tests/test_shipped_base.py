@@ -40,7 +40,11 @@ def test_the_shipped_base_scores_what_its_record_says(mini, shipped: Path) -> No
     model = LlamaForCausalLM.from_pretrained(shipped)
     tok = AutoTokenizer.from_pretrained(shipped)
     recorded = json.loads((shipped / "base.json").read_text())["source_mc"]
-    assert base.source_mc_accuracy(mini, model, tok) == recorded
+    measured = base.source_mc_accuracy(mini, model, tok)
+    limits = {name: cfg.dataset.limit for name, cfg in mini.eval.forgetting.items()}
+    assert measured.keys() == recorded.keys()
+    for name, value in measured.items():  # equal here; another CPU may flip one near-tie item
+        assert abs(value - recorded[name]) <= 1 / limits[name] + 1e-9, (name, value, recorded[name])
 
 
 @pytest.fixture()
@@ -95,3 +99,25 @@ def test_a_damaged_shipped_file_is_an_error_not_a_silent_base(mini, shipped: Pat
     with pytest.raises(ValueError, match="model.safetensors"):
         base.base_source(mini)
     assert not empty_cache
+
+
+def test_a_cache_from_before_bases_shipped_gives_way_to_the_shipped_base(mini, shipped: Path, empty_cache,
+                                                                        caplog) -> None:
+    old = base.mini_base_dir(mini)
+    old.mkdir(parents=True)
+    (old / "base.json").write_text("{}")  # pre-trained here by an older version: no marker, no manifest
+    with caplog.at_level(logging.WARNING, logger="lorastudy.base"):
+        base.base_source(mini)
+    assert (old / base.MANIFEST).is_file() and "replacing a cached base" in caplog.text and not empty_cache
+
+
+def test_a_base_pre_trained_here_stays_and_is_never_shipped_twice(mini, shipped: Path, empty_cache) -> None:
+    base.base_source(mini, rebuild=True)
+    here = base.mini_base_dir(mini)
+    assert (here / base.PRETRAINED_HERE).is_file()
+    base.base_source(mini)
+    assert len(empty_cache) == 1 and not (here / base.MANIFEST).is_file()  # kept, not replaced
+    shutil.rmtree(here)
+    base.base_source(mini)  # the shipped one, installed
+    with pytest.raises(ValueError, match="is the shipped base"):
+        base.ship(mini, "some-commit")

@@ -38,6 +38,7 @@ from lorastudy.training import fit, training_arguments
 BASE_VERSION = 1  # bump when the mini base recipe changes, so cached bases are rebuilt
 SHIPPED = Path(__file__).parent / "resources" / "bases"  # mini bases shipped with the code, by cache key
 MANIFEST = "shipped.json"
+PRETRAINED_HERE = "pretrained-here"  # marks a cached base pre-trained on this machine (kept over the shipped one)
 log = logging.getLogger(__name__)
 
 
@@ -54,12 +55,19 @@ def base_source(profile: Profile, *, rebuild: bool = False) -> str:
     if profile.base.kind == "pretrained":
         return str(profile.base.model)
     path = mini_base_dir(profile)
-    if rebuild or not (path / "base.json").is_file():
+    cached = (path / "base.json").is_file()
+    if cached and not rebuild and not (path / MANIFEST).is_file() and not (path / PRETRAINED_HERE).is_file():
+        cached = shipped_base(profile) is None  # a cache from before bases shipped: the shipped one replaces it
+        if not cached:
+            log.warning("mini base: replacing a cached base pre-trained here before bases shipped with the shipped "
+                        "one (`lorastudy base mini --rebuild` pre-trains it here)")
+    if rebuild or not cached:
         shipped = None if rebuild else shipped_base(profile)
         if shipped is not None:
             install(shipped, path)
         else:
             build_mini_base(profile, path)
+            (path / PRETRAINED_HERE).write_text("pre-trained on this machine, not the shipped base\n")
     return str(path)
 
 
@@ -110,10 +118,13 @@ def ship(profile: Profile, commit: str) -> Path:
     """Put the cached mini base into resources/bases/ with its world's fingerprint, a checksum per file and where
     it was built (a maintainer's step, after `base --rebuild`, when the recipe or the world changes)."""
     built = Path(base_source(profile))
+    if (built / MANIFEST).is_file():
+        raise ValueError(f"{built} is the shipped base, not one pre-trained here: `lorastudy base "
+                         f"{profile.name} --rebuild --ship`")
     folder = SHIPPED / built.name
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(built, tmp, ignore=shutil.ignore_patterns(MANIFEST))
+    shutil.copytree(built, tmp, ignore=shutil.ignore_patterns(MANIFEST, PRETRAINED_HERE))
     info = json.loads((tmp / "base.json").read_text())
     write_json(tmp / "base.json", {**info, "world": Path(info["world"]).name})  # no path of the building machine
     files = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}

@@ -69,6 +69,11 @@ def cmd_base(args: argparse.Namespace) -> int:
 
     profile = _profile(args)
     print(f"base model: {base_source(profile, rebuild=args.rebuild)}")
+    from lorastudy.layout import Layout
+
+    if args.rebuild and Layout(profile.out_dir()).runs_dir.is_dir():
+        print(f"note: the runs in {profile.out_dir()} were fine-tuned from the base before; remove that folder "
+              "to fine-tune them from this one", file=sys.stderr)
     if args.ship:
         from lorastudy.provenance import git_state
 

@@ -25,7 +25,7 @@ from lorastudy.layout import BASE_NOTEBOOK, PROGRESS_ENV, Layout
 from lorastudy.notebooks import clean_stale, execute_in_process, is_exclusive, notebook_parameters
 from lorastudy.results import collect, collect_items, run_records, write_table
 from lorastudy.runner import DONE, FAILED
-from lorastudy.tuning import awaits_selection, runs_to_train
+from lorastudy.tuning import awaits_selection, runs_expected, runs_to_train
 
 
 @dataclass
@@ -207,7 +207,8 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     todo += pending(collect(profile, out_root))  # groups already decided by an earlier sweep
     if report.skipped:
         print(f"[sweep] {len(report.skipped)} runs already done; skipping them")
-    plan = plan_workers(profile, max(1, len(todo)), workers, threads)
+    expected = [s for s in runs_expected(profile) if (not only or s.run_id in only) and run_status(out_root, s) != "done"]
+    plan = plan_workers(profile, max(1, len(todo), len(expected)), workers, threads)  # the seeds to come count too
     if todo:
         print(f"[sweep] {len(todo)} runs on {plan.workers} worker(s), {plan.threads or 'default'} thread(s) each "
               f"({plan.reason}); {executor} executor; each run's log: runs/RUN_ID/sweep.log")

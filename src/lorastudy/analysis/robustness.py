@@ -8,6 +8,7 @@ its `origin`); the book's landing page compares each one's verdicts with the stu
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -22,9 +23,10 @@ REPLICATE_SUFFIX = "-replicate"
 def replicate_layouts(profile_name: str) -> list[Layout]:
     """results/PROFILE-replicate, PROFILE-replicate-2, ...: the snapshots of other runs of the same study that hold
     a claims table, in the order of their names."""
-    names = sorted(path.name for path in SNAPSHOTS.glob(profile_name + REPLICATE_SUFFIX + "*")
-                   if path.name == profile_name + REPLICATE_SUFFIX
-                   or path.name[len(profile_name + REPLICATE_SUFFIX):].startswith("-"))
+    prefix = profile_name + REPLICATE_SUFFIX
+    names = sorted((path.name for path in SNAPSHOTS.glob(prefix + "*")
+                    if path.name == prefix or path.name[len(prefix):].startswith("-")),
+                   key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])  # -2 before -10
     return [layout for layout in map(snapshot_layout, names) if layout.claims_table.is_file()]
 
 
