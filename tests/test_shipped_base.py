@@ -68,7 +68,7 @@ def test_a_fresh_cache_takes_the_shipped_base_without_pre_training(mini, shipped
     path = Path(base.base_source(mini))
     assert not empty_cache
     assert path.parent == Path(base.world_dir(mini)).parent and path.name == shipped.name
-    assert base.sha256(path / "model.safetensors") == base.sha256(shipped / "model.safetensors")
+    assert base.file_sha256(path / "model.safetensors") == base.file_sha256(shipped / "model.safetensors")
     info = base.base_info(mini)
     assert info["shipped_by"] and info["built_on"] and info["source_mc"]
 

@@ -30,7 +30,7 @@ from lorastudy.config import Profile
 from lorastudy.data.examples import pack_cpt
 from lorastudy.data.sources import load_spec, world_dir
 from lorastudy.evaluation.choice import score_choice
-from lorastudy.io import config_hash, read_jsonl, write_json
+from lorastudy.io import config_hash, file_sha256, read_jsonl, write_json
 from lorastudy.layout import TRAINER_DIR, base_cache
 from lorastudy.tokenizer import build_tokenizer
 from lorastudy.training import fit, training_arguments
@@ -71,19 +71,11 @@ def base_source(profile: Profile, *, rebuild: bool = False) -> str:
     return str(path)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def world_fingerprint(world: Path) -> str:
     """One checksum of the world's text files (what the tokenizer and pre-training read)."""
     digest = hashlib.sha256()
     for f in sorted(world.glob("*.jsonl")):
-        digest.update(f"{f.name}\0{sha256(f)}\0".encode())
+        digest.update(f"{f.name}\0{file_sha256(f)}\0".encode())
     return digest.hexdigest()
 
 
@@ -98,7 +90,7 @@ def shipped_base(profile: Profile) -> Path | None:
         log.warning("the shipped mini base was pre-trained on another world than the one generated here: "
                     "pre-training it here")
         return None
-    bad = sorted(name for name, digest in manifest["files"].items() if sha256(folder / name) != digest)
+    bad = sorted(name for name, digest in manifest["files"].items() if file_sha256(folder / name) != digest)
     if bad:
         raise ValueError(f"shipped base {folder}: {bad} fail their checksums (a damaged checkout?)")
     return folder
@@ -127,7 +119,7 @@ def ship(profile: Profile, commit: str) -> Path:
     shutil.copytree(built, tmp, ignore=shutil.ignore_patterns(MANIFEST, PRETRAINED_HERE))
     info = json.loads((tmp / "base.json").read_text())
     write_json(tmp / "base.json", {**info, "world": Path(info["world"]).name})  # no path of the building machine
-    files = {f.name: sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    files = {f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
     write_json(tmp / MANIFEST, {"world": world_fingerprint(world_dir(profile)), "files": files, "built_by": commit,
                                 "torch": torch.__version__, "machine": platform.machine(), "processor": _cpu_model()})
     shutil.rmtree(folder, ignore_errors=True)

@@ -52,6 +52,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in blocks (checksums of shipped files, content keys of tables)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def config_hash(obj: Any, n: int = 10) -> str:
     """A short stable hash of a JSON-able object (cache keys)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

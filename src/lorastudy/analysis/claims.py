@@ -5,7 +5,6 @@ the text stays true when the results change.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +13,7 @@ from lorastudy.analysis.arm_claims import arm_claims
 from lorastudy.analysis.intervals import AGREES, CANNOT_TELL, DISAGREES
 from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS, main_claims, matched_claims
 from lorastudy.config import Profile
-from lorastudy.io import read_json, write_json
+from lorastudy.io import file_sha256, read_json, write_json
 from lorastudy.layout import Layout
 from lorastudy.paper import paper_tables
 from lorastudy.results import collect, collect_items, write_table
@@ -54,7 +53,7 @@ def write_claims(profile: Profile, out_root: Path) -> pd.DataFrame:
 
 def claims_sources(layout: Layout) -> dict[str, str | None]:
     """Content hashes of the results and per-item tables (file times do not survive git or a copy)."""
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
+    return {p.name: (file_sha256(p) if p.is_file() else None)
             for p in (layout.results_table, layout.items_table)}
 
 
