@@ -56,18 +56,18 @@ def base_source(profile: Profile, *, rebuild: bool = False) -> str:
         return str(profile.base.model)
     path = mini_base_dir(profile)
     cached = (path / "base.json").is_file()
-    if cached and not rebuild and not (path / MANIFEST).is_file() and not (path / PRETRAINED_HERE).is_file():
-        cached = shipped_base(profile) is None  # a cache from before bases shipped: the shipped one replaces it
-        if not cached:
+    if cached and not rebuild and ((path / MANIFEST).is_file() or (path / PRETRAINED_HERE).is_file()):
+        return str(path)  # installed or pre-trained here: no checksum on this path, every model load takes it
+    shipped = None if rebuild else shipped_base(profile)  # checked once: it hashes the world and the weights
+    if shipped is not None:
+        if cached:  # a cache from before bases shipped: the shipped one replaces it
             log.warning("mini base: replacing a cached base pre-trained here before bases shipped with the shipped "
                         "one (`lorastudy base mini --rebuild` pre-trains it here)")
+        install(shipped, path)
+        return str(path)
     if rebuild or not cached:
-        shipped = None if rebuild else shipped_base(profile)
-        if shipped is not None:
-            install(shipped, path)
-        else:
-            build_mini_base(profile, path)
-            (path / PRETRAINED_HERE).write_text("pre-trained on this machine, not the shipped base\n")
+        build_mini_base(profile, path)
+    (path / PRETRAINED_HERE).write_text("pre-trained on this machine, not the shipped base\n")
     return str(path)
 
 
