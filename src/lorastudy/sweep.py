@@ -192,10 +192,13 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
 
     seen: set[str] = set()
 
+    def wanted(spec: RunSpec) -> bool:
+        return not only or spec.run_id in only
+
     def pending(df: pd.DataFrame | None) -> list[str]:
         """Runs to train that no call planned before: without results, every run but the other seeds of
         learning-rate sweeps; with them, also those seeds of every group whose rate is now chosen."""
-        specs = [s for s in runs_to_train(profile, df) if (not only or s.run_id in only) and s.run_id not in seen]
+        specs = [s for s in runs_to_train(profile, df) if wanted(s) and s.run_id not in seen]
         seen.update(s.run_id for s in specs)
         todo = [s.run_id for s in specs if run_status(out_root, s) != "done"]
         report.skipped.extend(s.run_id for s in specs if s.run_id not in todo)
@@ -207,7 +210,7 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
     todo += pending(collect(profile, out_root))  # groups already decided by an earlier sweep
     if report.skipped:
         print(f"[sweep] {len(report.skipped)} runs already done; skipping them")
-    expected = [s for s in runs_expected(profile) if (not only or s.run_id in only) and run_status(out_root, s) != "done"]
+    expected = [s for s in runs_expected(profile) if wanted(s) and run_status(out_root, s) != "done"]
     plan = plan_workers(profile, max(1, len(todo), len(expected)), workers, threads)  # the seeds to come count too
     if todo:
         print(f"[sweep] {len(todo)} runs on {plan.workers} worker(s), {plan.threads or 'default'} thread(s) each "
