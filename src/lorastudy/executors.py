@@ -23,6 +23,7 @@ from lorastudy.io import write_json
 from lorastudy.layout import PROJECT_ROOT, Layout
 from lorastudy.notebooks import thread_env
 from lorastudy.runner import BUSY, DONE, FAILED, SKIPPED, failure, run_lock, run_locked
+from lorastudy.schedule import longest_first
 
 GIB = 2**30
 RUN_MEMORY_BYTES = {"mini": int(1.5 * GIB), "pretrained": 4 * GIB}  # per run, by base kind; a mini run peaks ~0.8 GiB
@@ -180,12 +181,14 @@ class LocalExecutor:
                 return
 
     def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str], on_done: Callable[[Outcome], None],
-            more: Callable[[], list[str]] | None = None) -> list[Outcome]:
+            more: Callable[[], list[str]] | None = None, costs: dict[str, float] | None = None) -> list[Outcome]:
         """Train `run_ids`, and after every finished run those `more` adds (runs it makes possible: the other
-        seeds of a group whose learning rate is chosen), so no worker waits for a stage to end."""
+        seeds of a group whose learning rate is chosen), so no worker waits for a stage to end. With `costs`
+        (estimated run lengths, lorastudy.schedule) a free worker takes the longest run waiting."""
         outcomes: list[Outcome] = []
         running: dict[Future, str] = {}
-        todo = list(run_ids)
+        costs = costs or {}
+        todo = longest_first(run_ids, costs)
         with ThreadPoolExecutor(max_workers=self.plan.workers) as pool, \
                 tqdm(total=len(todo), desc="runs", unit="run") as bar:
             try:
@@ -208,7 +211,7 @@ class LocalExecutor:
                         bar.update()
                         added = more() if more else []
                         if added:
-                            todo += added
+                            todo = longest_first(todo + added, costs)
                             bar.total += len(added)
                             bar.refresh()
             finally:

@@ -25,6 +25,7 @@ from lorastudy.layout import BASE_NOTEBOOK, PROGRESS_ENV, Layout
 from lorastudy.notebooks import clean_stale, execute_in_process, is_exclusive, notebook_parameters
 from lorastudy.results import collect, collect_items, run_records, write_table
 from lorastudy.runner import DONE, FAILED
+from lorastudy.schedule import run_costs
 from lorastudy.tuning import awaits_selection, runs_expected, runs_to_train
 
 
@@ -217,7 +218,9 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
               f"({plan.reason}); {executor} executor; each run's log: runs/RUN_ID/sweep.log")
         runner = make_executor(profile, plan, executor, out_root)
         if isinstance(runner, LocalExecutor):  # a group's other seeds start as soon as its rate is chosen
-            runner.run(profile_ref, out_root, todo, record, more=lambda: pending(collect(profile, out_root)))
+            costs = run_costs(profile, planned.values()) if plan.workers > 1 else {}  # the longest run first
+            runner.run(profile_ref, out_root, todo, record, more=lambda: pending(collect(profile, out_root)),
+                       costs=costs)
         else:  # a job array per stage: the other seeds once every candidate has finished
             runner.run(profile_ref, out_root, todo, record)
             later = pending(collect(profile, out_root))
