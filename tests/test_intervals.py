@@ -99,3 +99,28 @@ def test_matched_learning_separates_forgets_less_from_learns_less() -> None:
     # nothing learned by LoRA: no level above the base to match on
     iv, _ = _matched([(1, 0.0, 1.0), (2, 0.0, 1.0)])
     assert iv is None
+
+
+def test_the_draws_are_those_of_a_loop_over_resamples() -> None:
+    from lorastudy.analysis.intervals import resample_draws
+    sizes = [150, 7, 1, 3]
+    loop_rng, rng = np.random.default_rng(3), np.random.default_rng(3)
+    loop = [[loop_rng.integers(0, n, n) for n in sizes] for _ in range(40)]
+    draws = resample_draws(rng, 40, sizes)
+    assert [d.shape for d in draws] == [(40, n) for n in sizes]
+    for k in range(len(sizes)):
+        assert np.array_equal(draws[k], np.stack([row[k] for row in loop]))
+    assert rng.integers(0, 1 << 30) == loop_rng.integers(0, 1 << 30)  # the stream goes on from the same place
+
+
+@pytest.mark.parametrize("shape", [(1, 40), (3, 17), (1, 4, 25), (3, 2, 9)])
+def test_a_resampled_mean_adds_what_the_expression_per_resample_adds(shape, monkeypatch) -> None:
+    from lorastudy.analysis import intervals
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=shape) * 1e3
+    seeds, items = rng.integers(0, shape[0], (30, shape[0])), rng.integers(0, shape[-1], (30, shape[-1]))
+    per_resample = [values[seeds[b]][..., items[b]].mean(axis=(0, -1) if values.ndim == 3 else None)
+                    for b in range(30)]
+    monkeypatch.setattr(intervals, "CHUNK_ELEMENTS", 7 * seeds.shape[1] * items.shape[1])  # several chunks
+    got = intervals.resampled_mean(values, seeds, items)
+    assert np.array_equal(got, np.array(per_resample))  # equal, not close: the same sums in the same order

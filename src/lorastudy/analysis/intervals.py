@@ -16,6 +16,8 @@ import numpy as np
 AGREES, DISAGREES, CANNOT_TELL = "agrees", "disagrees", "cannot tell"
 VERDICTS = (AGREES, DISAGREES, CANNOT_TELL)
 
+CHUNK_ELEMENTS = 1 << 22  # values gathered at once by resampled_mean (32 MiB of float64)
+
 # One arm's values on one set of items: rows are seeds, columns the set's items (in a shared item order).
 Arm = Sequence[np.ndarray]
 
@@ -35,12 +37,47 @@ class Interval:
         return 1 if self.low > 0 else -1 if self.high < 0 else 0
 
 
-def _score(arm: Arm, item_draws: Sequence[np.ndarray] | None, seed_draw: np.ndarray | None) -> float:
-    sets = []
-    for k, values in enumerate(arm):
-        v = values if seed_draw is None else values[seed_draw]
-        sets.append(float(v.mean() if item_draws is None else v[:, item_draws[k]].mean()))
-    return sum(sets) / len(sets)
+def _score(arm: Arm) -> float:
+    """The arm's score on the data as they are: the mean over its sets of each set's mean."""
+    return sum(float(values.mean()) for values in arm) / len(arm)
+
+
+def resample_draws(rng: np.random.Generator, n_boot: int, sizes: Sequence[int]) -> list[np.ndarray]:
+    """One (n_boot, n) array of indices in [0, n) per size n, with replacement: the indices a loop over the
+    resamples draws with one `rng.integers(0, n, n)` per size (a test checks it), in a single call."""
+    sizes = [int(n) for n in sizes]
+    flat = rng.integers(0, np.tile(np.repeat(sizes, sizes), n_boot)).reshape(n_boot, sum(sizes))
+    return np.split(flat, np.cumsum(sizes)[:-1], axis=1)
+
+
+def resampled_mean(values: np.ndarray, seeds: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Per resample (a row of `seeds` and of `items`), the mean over seeds and items of values (seeds, items) or
+    (seeds, durations, items): (n_boot,) or (n_boot, durations).
+
+    Laid out (resample, item, seed[, duration]) as numpy lays out `values[seeds][..., items]`, so that each mean
+    adds the same numbers in the same order as that expression's `.mean()`: the same intervals, bit for bit, as a
+    loop over resamples, without its Python overhead."""
+    if values.ndim not in (2, 3):
+        raise ValueError(f"values must be (seeds, items) or (seeds, durations, items), not shape {values.shape}")
+    per_resample = seeds.shape[1] * items.shape[1] * (values.shape[1] if values.ndim == 3 else 1)
+    step = max(1, CHUNK_ELEMENTS // max(per_resample, 1))  # resamples at a time: memory stays bounded
+    parts = []
+    for lo in range(0, len(seeds), step):
+        s, i = seeds[lo:lo + step], items[lo:lo + step]
+        if values.ndim == 2:
+            parts.append(values[s[:, None, :], i[:, :, None]].reshape(len(s), -1).mean(axis=1))
+        else:
+            durations = np.arange(values.shape[1])[None, None, None, :]
+            parts.append(values[s[:, None, :, None], durations, i[:, :, None, None]].mean(axis=(1, 2)))
+    return np.concatenate(parts)
+
+
+def _scores(arm: Arm, item_draws: Sequence[np.ndarray], seed_draw: np.ndarray) -> np.ndarray:
+    """The arm's score on every resample, (n_boot,): the mean over its sets, each summed as `_score` sums."""
+    total = np.zeros(len(seed_draw))
+    for values, draw in zip(arm, item_draws):
+        total = total + resampled_mean(values, seed_draw, draw)
+    return total / len(arm)
 
 
 def _check(a: Arm, b: Arm) -> None:
@@ -59,14 +96,11 @@ def difference(a: Arm, b: Arm, *, n_boot: int = 2000, level: float = 0.95, seed:
     _check(a, b)
     rng = np.random.default_rng(seed)
     seeds_a, seeds_b = a[0].shape[0], b[0].shape[0]
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        draws = [rng.integers(0, x.shape[1], x.shape[1]) for x in a]
-        diffs[i] = (_score(a, draws, rng.integers(0, seeds_a, seeds_a))
-                    - _score(b, draws, rng.integers(0, seeds_b, seeds_b)))
+    *draws, s_a, s_b = resample_draws(rng, n_boot, [x.shape[1] for x in a] + [seeds_a, seeds_b])
+    diffs = _scores(a, draws, s_a) - _scores(b, draws, s_b)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(diffs, [tail, 100 - tail])
-    return Interval(estimate=_score(a, None, None) - _score(b, None, None), low=float(low), high=float(high),
+    return Interval(estimate=_score(a) - _score(b), low=float(low), high=float(high),
                     n_seeds=(seeds_a, seeds_b), n_items=sum(x.shape[1] for x in a))
 
 

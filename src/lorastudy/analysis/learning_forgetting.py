@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.intervals import CANNOT_TELL, Interval, difference, verdict
+from lorastudy.analysis.intervals import CANNOT_TELL, Interval, difference, resample_draws, resampled_mean, verdict
 from lorastudy.config import Profile
 from lorastudy.data.sources import load_spec
 from lorastudy.layout import BASE_ID
@@ -26,11 +26,10 @@ def forgetting_metrics(profile: Profile) -> list[str]:
     return [f"{name}_{cfg.metric}" for name, cfg in profile.eval.forgetting.items()]
 
 
-def arm_values(items: pd.DataFrame, cells: pd.DataFrame, metrics: list[str],
+def arm_values(mine: pd.DataFrame, cells: pd.DataFrame, metrics: list[str],
                universe: dict[str, list[str]] | None = None) -> list[np.ndarray]:
-    """One (seeds, items) array per metric for the (run_id, checkpoint) cells of one arm, its columns in the
-    order of `universe` (default: the items this arm has)."""
-    mine = _select(items, cells)
+    """One (seeds, items) array per metric for the (run_id, checkpoint) cells of one arm (`mine`: their per-item
+    rows, `_select`), its columns in the order of `universe` (default: the items this arm has)."""
     out = []
     for metric in metrics:
         grid = mine[mine.metric == metric].pivot_table(index=["run_id", "checkpoint"], columns="item", values="value")
@@ -45,22 +44,20 @@ def arm_values(items: pd.DataFrame, cells: pd.DataFrame, metrics: list[str],
 
 def compare_arms(items: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame, metrics: list[str], seed: int) -> Interval:
     """score(a) - score(b) over the items both arms answered: the claim's estimate and its 95% interval."""
+    mine_a, mine_b = _select(items, a), _select(items, b)  # once per arm: the items table is large
     shared = {}
     for m in metrics:
-        shared[m] = sorted(set(arm_items(items, a, m)) & set(arm_items(items, b, m)))
+        shared[m] = sorted(set(mine_a[mine_a.metric == m].item) & set(mine_b[mine_b.metric == m].item))
         if not shared[m]:
             raise ValueError(f"the two arms share no {m} items")
-    return difference(arm_values(items, a, metrics, shared), arm_values(items, b, metrics, shared), seed=seed)
-
-
-def arm_items(items: pd.DataFrame, cells: pd.DataFrame, metric: str) -> list[str]:
-    mine = _select(items, cells)
-    return sorted(set(mine[mine.metric == metric].item))
+    return difference(arm_values(mine_a, a, metrics, shared), arm_values(mine_b, b, metrics, shared), seed=seed)
 
 
 def _select(items: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """The per-item rows of these (run_id, checkpoint) cells."""
-    return items.merge(cells[["run_id", "checkpoint"]].drop_duplicates(), on=["run_id", "checkpoint"])
+    """The per-item rows of these (run_id, checkpoint) cells (their runs' rows first: a merge on the whole
+    table costs more than the filter)."""
+    mine = items[items.run_id.isin(set(cells.run_id))]
+    return mine.merge(cells[["run_id", "checkpoint"]].drop_duplicates(), on=["run_id", "checkpoint"])
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
@@ -167,9 +164,10 @@ def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: 
 
 
 # ----------------------------------------------------------------------------- forgetting at matched learning
-def _stack(items: pd.DataFrame, cells: pd.DataFrame, metric: str, columns: list[str]) -> np.ndarray:
-    """(seeds, durations, items) values of one metric over an arm's cells (cells: run_id, checkpoint, duration)."""
-    mine = _select(items[items.metric == metric], cells).merge(cells[["run_id", "checkpoint", "duration"]])
+def _stack(mine: pd.DataFrame, cells: pd.DataFrame, metric: str, columns: list[str]) -> np.ndarray:
+    """(seeds, durations, items) values of one metric over an arm's cells (cells: run_id, checkpoint, duration;
+    `mine`: the arm's per-item rows, `_select`)."""
+    mine = mine[mine.metric == metric].merge(cells[["run_id", "checkpoint", "duration"]])
     grid = mine.pivot_table(index=["run_id", "duration"], columns="item", values="value")
     runs, durations = sorted(cells.run_id.unique()), sorted(cells.duration.unique())
     grid = grid.reindex(index=pd.MultiIndex.from_product([runs, durations]), columns=columns)
@@ -178,23 +176,22 @@ def _stack(items: pd.DataFrame, cells: pd.DataFrame, metric: str, columns: list[
     return grid.to_numpy(dtype=float).reshape(len(runs), len(durations), len(columns))
 
 
-def _curve(arrays: list[np.ndarray], items: list[np.ndarray] | None, seeds: np.ndarray | None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Learning and forgetting (mean of the sets) per duration, on one resample (None: the data as they are)."""
-    means = []
-    for k, a in enumerate(arrays):
-        x = a if seeds is None else a[seeds]
-        x = x if items is None else x[:, :, items[k]]
-        means.append(x.mean(axis=(0, 2)))
+def _curve(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Learning and forgetting (the mean of the sets) per duration, on the data as they are."""
+    means = [a.mean(axis=(0, 2)) for a in arrays]
     return means[0], np.mean(means[1:], axis=0)
 
 
-def _forgetting_at(level: float, arm: list[np.ndarray], base: list[np.ndarray], items: list[np.ndarray] | None,
-                   seeds: np.ndarray | None) -> float:
+def _resampled_curves(arrays: list[np.ndarray], items: list[np.ndarray], seeds: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Learning and forgetting per resample and duration, (n_boot, durations) each."""
+    means = [resampled_mean(a, seeds, draw) for a, draw in zip(arrays, items)]
+    return means[0], np.mean(means[1:], axis=0)
+
+
+def _at(level: float, base: tuple[np.ndarray, np.ndarray], arm: tuple[np.ndarray, np.ndarray]) -> float:
     """Forgetting where the arm's learning curve (from the base, through its durations) reaches `level`."""
-    lb, fb = _curve(base, items, None)
-    la, fa = _curve(arm, items, seeds)
-    xs, ys = np.concatenate([lb, la]), np.concatenate([fb, fa])
+    xs, ys = np.concatenate([base[0], arm[0]]), np.concatenate([base[1], arm[1]])
     order = np.argsort(xs, kind="stable")
     return float(np.interp(level, xs[order], ys[order]))
 
@@ -207,26 +204,26 @@ def matched_forgetting(items: pd.DataFrame, full: pd.DataFrame, lora: pd.DataFra
     `intervals.difference` (items paired, seeds per arm). Returns (None, level) when that level is not above
     the base's, i.e. when the arms share no learning to match on."""
     metrics = [learn, *forget]
-    universe = {m: sorted(set.intersection(*(set(_select(items[items.metric == m], c).item) for c in (full, lora, base))))
+    arm_cells = {"full": full, "lora": lora, "base": base}
+    mine = {name: _select(items, cells) for name, cells in arm_cells.items()}
+    universe = {m: sorted(set.intersection(*(set(rows[rows.metric == m].item) for rows in mine.values())))
                 for m in metrics}
-    arms = {name: [_stack(items, cells, m, universe[m]) for m in metrics]
-            for name, cells in (("full", full), ("lora", lora), ("base", base))}
-    top = min(_curve(arms[a], None, None)[0].max() for a in ("full", "lora"))
-    if top <= _curve(arms["base"], None, None)[0].max():
+    arms = {name: [_stack(mine[name], cells, m, universe[m]) for m in metrics] for name, cells in arm_cells.items()}
+    top = min(_curve(arms[a])[0].max() for a in ("full", "lora"))
+    if top <= _curve(arms["base"])[0].max():
         return None, float(top)
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        draws = [rng.integers(0, len(universe[m]), len(universe[m])) for m in metrics]
-        s_full, s_lora = (rng.integers(0, arms[a][0].shape[0], arms[a][0].shape[0]) for a in ("full", "lora"))
-        diffs[i] = (_forgetting_at(top, arms["lora"], arms["base"], draws, s_lora)
-                    - _forgetting_at(top, arms["full"], arms["base"], draws, s_full))
+    n_seeds = {a: arms[a][0].shape[0] for a in arms}
+    *draws, s_full, s_lora = resample_draws(np.random.default_rng(seed), n_boot,
+                                            [len(universe[m]) for m in metrics] + [n_seeds["full"], n_seeds["lora"]])
+    every_base_run = np.broadcast_to(np.arange(n_seeds["base"]), (n_boot, n_seeds["base"]))  # the base is fixed
+    b = _resampled_curves(arms["base"], draws, every_base_run)
+    f, l_ = _resampled_curves(arms["full"], draws, s_full), _resampled_curves(arms["lora"], draws, s_lora)
+    diffs = np.array([_at(top, (b[0][i], b[1][i]), (l_[0][i], l_[1][i]))
+                      - _at(top, (b[0][i], b[1][i]), (f[0][i], f[1][i])) for i in range(n_boot)])
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(diffs, [tail, 100 - tail])
-    est = (_forgetting_at(top, arms["lora"], arms["base"], None, None)
-           - _forgetting_at(top, arms["full"], arms["base"], None, None))
-    iv = Interval(estimate=est, low=float(low), high=float(high),
-                  n_seeds=(arms["lora"][0].shape[0], arms["full"][0].shape[0]),
+    est = _at(top, _curve(arms["base"]), _curve(arms["lora"])) - _at(top, _curve(arms["base"]), _curve(arms["full"]))
+    iv = Interval(estimate=est, low=float(low), high=float(high), n_seeds=(n_seeds["lora"], n_seeds["full"]),
                   n_items=sum(len(universe[m]) for m in forget))
     return iv, float(top)
 
