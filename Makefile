@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PROFILE ?= mini
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser test test-all mutation mini tiny book reproduce sweep clean help
+.PHONY: setup browser allocator test test-all mutation mini tiny book reproduce sweep clean help
 
 help:
 	@echo "make setup | test | test-all | mutation [MODULES=..] | mini | tiny | book [PROFILE=..] | reproduce PROFILE=.. | clean"
@@ -25,7 +25,15 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the headless book check will be skipped"
 
-test: $(STAMP) browser
+# Debian's tcmalloc, preloaded into training and evaluation (lorastudy/allocator.py: 12-17% faster training on
+# CPU, the same numbers); best effort: without it glibc's malloc is used
+allocator:
+	@$(BIN)/python -c "from lorastudy.allocator import find_tcmalloc as f; raise SystemExit(f() is None)" 2>/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) ; } || \
+	  echo "tcmalloc not installed: training uses glibc's malloc (same numbers, slower)"
+
+test: $(STAMP) browser allocator
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
@@ -39,21 +47,21 @@ MUTATION_JOBS ?= 1
 mutation: $(STAMP)
 	$(BIN)/python scripts/mutation.py $(MODULES) --jobs $(MUTATION_JOBS)
 
-sweep: $(STAMP)
+sweep: $(STAMP) allocator
 	$(BIN)/lorastudy sweep $(PROFILE) --continue-on-error
 
 book: $(STAMP)
 	$(BIN)/lorastudy book $(PROFILE)
 
-mini: $(STAMP)
+mini: $(STAMP) allocator
 	$(BIN)/lorastudy sweep mini --continue-on-error
 	$(BIN)/lorastudy book mini
 
-tiny: $(STAMP)
+tiny: $(STAMP) allocator
 	$(BIN)/lorastudy sweep tiny --continue-on-error
 	$(BIN)/lorastudy book tiny
 
-reproduce: $(STAMP)
+reproduce: $(STAMP) allocator
 	$(BIN)/lorastudy check $(PROFILE)
 	$(BIN)/lorastudy sweep $(PROFILE) --continue-on-error
 	$(BIN)/lorastudy book $(PROFILE)

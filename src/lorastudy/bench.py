@@ -30,6 +30,7 @@ from lorastudy.plan import RunSpec
 from lorastudy.data.examples import PadCollator
 from lorastudy.io import config_hash, write_json
 from lorastudy.modeling import apply_lora, device
+from lorastudy.notebooks import compute_env
 from lorastudy.training import peak_memory_bytes, training_arguments
 
 Config = tuple[str, int, int]  # (mode, rank, batch) of one measurement; rank 0 for full FT
@@ -158,10 +159,9 @@ def serve_forked(profile_name: str, steps: int, configs: Sequence[Config]) -> No
 
 
 def _env(threads: int | None) -> dict[str, str] | None:
-    """The environment of a measuring process: `threads` intra-op threads, or the torch default (None)."""
-    if not threads:
-        return None
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    """The environment of a measuring process, as a sweep's: `threads` intra-op threads (None: the torch
+    default) and the sweep's allocator."""
+    return {**os.environ, **compute_env(threads)}
 
 
 def _bench_process(command: str, args: list[Any], *, timeout: float | None = None,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from lorastudy.config import Profile
 from lorastudy.io import write_json
 from lorastudy.layout import PROJECT_ROOT, Layout
-from lorastudy.notebooks import thread_env
+from lorastudy.notebooks import compute_env
 from lorastudy.runner import BUSY, DONE, FAILED, SKIPPED, failure, run_lock, run_locked
 from lorastudy.schedule import longest_first
 
@@ -101,7 +101,7 @@ class _Worker:
                "--reply-fd", str(write_fd)]
         if threads:
             cmd += ["--threads", str(threads)]
-        env = {**os.environ, **thread_env(threads), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **compute_env(threads), "PYTHONUNBUFFERED": "1"}
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as fh:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT, text=True,

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lorastudy.allocator import allocator_env
 from lorastudy.layout import NOTEBOOKS, PROJECT_ROOT, failed_notebook
 
 
@@ -27,6 +28,11 @@ def thread_env(threads: int | None) -> dict[str, str]:
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
+
+
+def compute_env(threads: int | None) -> dict[str, str]:
+    """The environment of a process that trains or evaluates: fixed thread counts and the allocator."""
+    return {**thread_env(threads), **allocator_env()}
 
 
 def start_kernel(**launch: Any) -> Any:
@@ -116,7 +122,7 @@ def execute_in_process(notebook: str, out: Path, parameters: dict[str, Any], *, 
     cmd = [sys.executable, "-m", "lorastudy.notebooks", notebook, str(out), json.dumps(parameters)]
     with open(log, "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
-                                env={**os.environ, **thread_env(threads), **(env or {})})
+                                env={**os.environ, **compute_env(threads), **(env or {})})
         stderr = ""
         while True:
             try:

@@ -31,7 +31,7 @@ from lorastudy.plan import find_run
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout, RunPaths
 from lorastudy.notebooks import (clean_stale, describe_error, execute, kernel, notebook_parameters, reset, start_kernel,
-                                 thread_env)
+                                 compute_env)
 
 DONE, FAILED, BUSY, SKIPPED = "done", "failed", "busy", "skipped"
 EXIT_CODES = {DONE: 0, FAILED: 1, SKIPPED: 3, BUSY: 75}  # 75 = EX_TEMPFAIL: another process holds the run
@@ -54,7 +54,7 @@ def run_locked(profile_ref: str, out_root: str | Path, run_id: str, *, threads: 
     """Train and evaluate one run unless it is done or another process holds it; returns DONE, SKIPPED,
     BUSY or FAILED (then with RUN/failed.json written). Never raises for a failed run. `km`: a running kernel
     to use (its namespace cleared first), else a fresh one for this run."""
-    os.environ.update(thread_env(threads))  # inherited by the notebooks' kernels
+    os.environ.update(compute_env(threads))  # inherited by the notebooks' kernels
     out_root = Path(out_root)
     paths = Layout(out_root).run(run_id)
     lock = run_lock(paths)
@@ -134,7 +134,7 @@ def serve(profile_ref: str, out_root: str | Path, *, threads: int | None, reply_
     """A sweep worker: one run id per line on stdin, each run under its lock in one kernel kept across runs,
     its status answered on `reply_fd`. The kernel is started afresh after a failed run (whatever it left behind
     goes with it) or when it died."""
-    os.environ.update(thread_env(threads))  # inherited by the kernel
+    os.environ.update(compute_env(threads))  # inherited by the kernel
     read_fd, write_fd = os.pipe()
     threading.Thread(target=_relay, args=(read_fd,), daemon=True).start()
     km = None
