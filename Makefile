@@ -27,7 +27,7 @@ browser:
 
 # Debian's tcmalloc, preloaded into training and evaluation (lorastudy/allocator.py: 12-17% faster training on
 # CPU, the same numbers); best effort: without it glibc's malloc is used
-allocator:
+allocator: $(STAMP)
 	@$(BIN)/python -c "from lorastudy.allocator import find_tcmalloc as f; raise SystemExit(f() is None)" 2>/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) ; } || \

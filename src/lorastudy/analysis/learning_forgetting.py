@@ -216,10 +216,12 @@ def matched_forgetting(items: pd.DataFrame, full: pd.DataFrame, lora: pd.DataFra
     *draws, s_full, s_lora = resample_draws(np.random.default_rng(seed), n_boot,
                                             [len(universe[m]) for m in metrics] + [n_seeds["full"], n_seeds["lora"]])
     every_base_run = np.broadcast_to(np.arange(n_seeds["base"]), (n_boot, n_seeds["base"]))  # the base is fixed
-    b = _resampled_curves(arms["base"], draws, every_base_run)
-    f, l_ = _resampled_curves(arms["full"], draws, s_full), _resampled_curves(arms["lora"], draws, s_lora)
-    diffs = np.array([_at(top, (b[0][i], b[1][i]), (l_[0][i], l_[1][i]))
-                      - _at(top, (b[0][i], b[1][i]), (f[0][i], f[1][i])) for i in range(n_boot)])
+    curves = {"base": _resampled_curves(arms["base"], draws, every_base_run),  # (learning, forgetting) per resample
+              "full": _resampled_curves(arms["full"], draws, s_full),
+              "lora": _resampled_curves(arms["lora"], draws, s_lora)}
+    on = {a: list(zip(*curves[a])) for a in curves}  # resample i -> its (learning, forgetting) per duration
+    diffs = np.array([_at(top, on["base"][i], on["lora"][i]) - _at(top, on["base"][i], on["full"][i])
+                      for i in range(n_boot)])
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(diffs, [tail, 100 - tail])
     est = _at(top, _curve(arms["base"]), _curve(arms["lora"])) - _at(top, _curve(arms["base"]), _curve(arms["full"]))
