@@ -48,7 +48,7 @@ SHAPES = {  # random-init models of real shapes (their config.json), for GPU ben
 }
 
 
-def _model(profile_name: str, shape: str | None = None) -> tuple[Profile, Any]:
+def bench_model(profile_name: str, shape: str | None = None) -> tuple[Profile, Any]:
     """The profile's mini Llama, or a Qwen2 model of a named shape, randomly initialised."""
     profile = load_profile(profile_name)
     torch.manual_seed(0)
@@ -63,10 +63,32 @@ def _model(profile_name: str, shape: str | None = None) -> tuple[Profile, Any]:
     return profile, LlamaForCausalLM(cfg)
 
 
-def _batches(n: int, batch: int, seq: int) -> list[dict[str, list[int]]]:
+def random_batches(n: int, batch: int, seq: int) -> list[dict[str, list[int]]]:
+    """`n * batch` random sequences (the same every call): examples for PadCollator, `batch` a step."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, VOCAB, (n * batch, seq), generator=g).tolist()
     return [{"input_ids": x, "labels": x} for x in ids]
+
+
+def with_lora(model: Any, profile: Profile, rank: int) -> Any:
+    """The model wrapped as a run's LoRA on every linear map (alpha 2r, the profile's dropout)."""
+    spec = RunSpec(domain="code", regime="ift", method="lora", learning_rate=1e-3, seed=0, lora_rank=rank,
+                   lora_alpha=2 * rank, target_modules="all")
+    return apply_lora(model, spec, profile)
+
+
+def trainable_optimizer(model: Any) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, the betas of the training runs."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.95))
+
+
+def bare_step(model: Any, opt: torch.optim.Optimizer, examples: list[dict[str, list[int]]]) -> None:
+    """One plain PyTorch training step: forward, backward, clip, AdamW, zero the gradients."""
+    loss = model(**PadCollator(0)(examples)).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 class _Clock(TrainerCallback):
@@ -83,15 +105,13 @@ def measure(profile_name: str, mode: str, rank: int, batch: int, steps: int,
             shape: str | None = None) -> dict[str, Any]:
     """One configuration: mode 'trainer-full', 'trainer-lora' or 'bare-full'/'bare-lora'; `shape`: a model of
     SHAPES instead of the profile's mini Llama."""
-    profile, model = _model(profile_name, shape)
+    profile, model = bench_model(profile_name, shape)
     total = sum(p.numel() for p in model.parameters())
     seq = profile.training.seq_len
     method = mode.split("-")[1]
     if method == "lora":
-        spec = RunSpec(domain="code", regime="ift", method="lora", learning_rate=1e-3, seed=0, lora_rank=rank,
-                       lora_alpha=2 * rank, target_modules="all")
-        model = apply_lora(model, spec, profile)
-    examples = _batches(steps, batch, seq)
+        model = with_lora(model, profile, rank)
+    examples = random_batches(steps, batch, seq)
     times: list[float] = []
     if mode.startswith("trainer"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -101,16 +121,10 @@ def measure(profile_name: str, mode: str, rank: int, batch: int, steps: int,
                               callbacks=[_Clock(times)])
             trainer.train()
     else:
-        collate = PadCollator(0)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.95))
+        opt = trainable_optimizer(model)
         model.train()
         for i in range(steps):
-            b = collate(examples[i * batch:(i + 1) * batch])
-            loss = model(**b).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            bare_step(model, opt, examples[i * batch:(i + 1) * batch])
             times.append(time.perf_counter())
     elapsed = times[-1] - times[WARM_STEPS - 1]
     tokens = (len(times) - WARM_STEPS) * batch * seq

@@ -188,6 +188,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    from lorastudy.step_profile import bench_step
+
+    bench_step(args.profile, ranks=[int(r) for r in args.ranks.split(",")], batch=args.batch, steps=args.steps,
+               threads=args.threads, without_dropout=args.without_dropout)
+    return 0
+
+
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
     from lorastudy.sweep_report import print_report
 
@@ -289,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp = add("bench-sweep", cmd_bench_sweep, "where a finished sweep's time went: runs/hour, phases, share of peak")
     sp.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
+    sp = add("bench-step", cmd_bench_step, "where a training step's time goes: ops grouped, FLOP/s against the peak")
+    sp.add_argument("--ranks", default="16")
+    sp.add_argument("--batch", type=int, default=16)
+    sp.add_argument("--steps", type=int, default=4, help="steps timed, then as many profiled")
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--without-dropout", action="store_true", help="also LoRA with its dropout off")
     sp = add("bench", cmd_bench, "measure training tokens/s and peak memory: full FT vs LoRA vs a bare loop")
     sp.add_argument("--batch-sizes", default="16")
     sp.add_argument("--ranks", default="4,16,64")
