@@ -151,10 +151,14 @@ def test_killed_sweep_resumes_to_the_same_table(uninterrupted: Path, env: dict[s
     proc = subprocess.Popen([*CLI, "sweep", "tiny", "--output", str(out), *only], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    try:
-        while not list(out.glob("runs/*/results.json")) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-        time.sleep(3)  # into the next run: training or evaluation is under way
+    try:  # kill once one run is done while another is under way (a fixed wait after the first let a fast host
+        # finish all three)
+        while time.time() < deadline and proc.poll() is None:
+            finished = {p.parent for p in out.glob("runs/*/results.json")}
+            if finished and {p.parent for p in out.glob("runs/*/attempts.jsonl")} - finished:
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)  # into that run's training or evaluation
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
