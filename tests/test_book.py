@@ -2,6 +2,7 @@
 papermill's injected parameters are hidden, and a missing image is caught."""
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from lorastudy import browser
+from lorastudy import book, browser
 from lorastudy.book import BOOK_DIR, build_book, check_images
 from lorastudy.results import COLUMNS
 
@@ -165,3 +166,40 @@ def test_every_image_of_the_chapter_pages_loads_in_a_browser(built, tmp_path):
     assert browser.main([str(broken)]) == 1
 
 
+
+
+def figure_cell(outputs: list) -> nbformat.NotebookNode:
+    return new_code_cell("fig = draw()", outputs=outputs,
+                         metadata={"mystnb": {"figure": {"name": "fig-x", "caption": "A figure."}}})
+
+
+def test_a_figure_cell_with_a_note_beside_its_image_is_refused_by_name(tmp_path):
+    """myst-nb labels every rich output of a figure cell: a "not run" note beside the image duplicated the label
+    and failed `make tiny`'s book; a note alone made a labelled "figure" of text."""
+    image = new_output("display_data", data={"image/png": png_bytes(), "text/plain": "<Figure>"})
+    note = new_output("display_data", data={"text/markdown": "**not run**", "text/plain": "<Markdown>"})
+    stream = new_output("stream", name="stdout", text="rho = 0.5\n")
+    ok = new_notebook(cells=[new_markdown_cell("# T"), figure_cell([image]), figure_cell([]), figure_cell([stream])])
+    assert book.crowded_figure_cells(ok) == []
+    bad = new_notebook(cells=[new_markdown_cell("# T"), figure_cell([note, image]), figure_cell([note])])
+    assert book.crowded_figure_cells(bad) == ["cell 1 (fig-x) shows text/markdown, image/png",
+                                              "cell 2 (fig-x) shows text/markdown"]
+    nbformat.write(bad, tmp_path / "14_x.ipynb")
+    with pytest.raises(ValueError, match=r"14_x.ipynb: cell 1 \(fig-x\) shows .*Move the note to a cell of its own"):
+        book._copy_notebook(tmp_path / "14_x.ipynb", tmp_path / "src", "x")
+
+
+@pytest.mark.parametrize("path", sorted((BOOK_DIR.parent / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_every_figure_cell_of_the_notebooks_only_draws_its_figure(path):
+    """The source side of the rule above, for every branch a chapter may take: a figure cell ends with
+    `fig = ...` and calls nothing that shows a note (display, print, Markdown), so no "not run" note or printed
+    line can land in it whatever a profile runs."""
+    for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.metadata.get("mystnb", {}).get("figure"):
+            tree = ast.parse(cell.source)
+            last = tree.body[-1]
+            assert isinstance(last, ast.Assign) and [getattr(t, "id", None) for t in last.targets] == ["fig"], \
+                f"{path.name} cell {i} does not end with `fig = ...`"
+            shown = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                     and n.func.id in ("display", "print", "Markdown")]
+            assert not shown, f"{path.name} cell {i} calls {shown}"

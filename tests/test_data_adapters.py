@@ -18,6 +18,7 @@ import pytest
 
 from lorastudy.data.adapters import ADAPTERS, MBPP_SPLITS, load_records, read_rows
 from lorastudy.data.records import CodeTask, InstructionPair, MathProblem, MCItem, TextDoc
+from lorastudy.io import DataFileError
 
 # (file under shared/data, adapter, records, record type)
 FILES = [
@@ -333,7 +334,8 @@ def test_hub_ids_go_to_load_dataset(fake_hub: types.SimpleNamespace) -> None:
 def test_adapters_pass_their_hub_defaults(fake_hub: types.SimpleNamespace, adapter: str, source: str,
                                           subset: str | None, split: str) -> None:
     fake_hub.rows = []
-    assert load_records(adapter, source) == []
+    with pytest.raises(DataFileError, match=f"{source}: no records for the '{adapter}' adapter"):
+        load_records(adapter, source)  # a dataset that selects nothing is refused, not scored as empty
     assert fake_hub.calls == [(source, subset, {"split": split, "streaming": False})]
 
 

@@ -2,6 +2,8 @@
 folder and seeded into an empty one, the scorecard and the verdict sentences the chapters end with."""
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +14,10 @@ from lorastudy.config import load_profile
 from lorastudy.chapter import Chapter
 from lorastudy.layout import CHECKPOINT_RECORD, SNAPSHOT_FILES, Layout, snapshot_layout
 from lorastudy.scorecard import FAMILIES, figure_for, scorecard
-from lorastudy.snapshot import from_snapshot, seed, take
+from lorastudy import snapshot as snapshot_module
+from lorastudy.analysis.robustness import replicate_layouts
+from lorastudy.io import read_json, write_json
+from lorastudy.snapshot import SnapshotDamaged, from_snapshot, seed, stale_copy, take, verify, verify_inputs
 from lorastudy.summaries import SummaryUnavailable, checkpoint_sources, summary
 
 CLAIMS = pd.DataFrame([
@@ -172,3 +177,102 @@ def test_stored_claims_are_read_when_their_tables_match_whatever_the_file_times(
     (layout.results_table).write_text(layout.results_table.read_text() + "extra,row\n")  # the results changed
     monkeypatch.setattr(claims_module, "compute_claims", lambda *a: CLAIMS.iloc[:1])
     assert len(claims_module.claims_table(load_profile("tiny"), tmp_path)) == 1
+
+
+# ---------------------------------------------------------------- a snapshot is verified before use
+def committed_copy(tmp_path: Path, name: str = "mini") -> Path:
+    """A copy of a committed snapshot, to damage."""
+    return Path(shutil.copytree(snapshot_layout(name).root, tmp_path / "results" / name))
+
+
+def test_every_committed_snapshot_records_and_matches_its_files():
+    for layout in [snapshot_layout("mini"), *replicate_layouts("mini")]:
+        record = read_json(layout.provenance)["files"]
+        assert {"results.csv", "items.parquet", "claims.csv"} <= set(record), layout.root
+        assert verify(layout.root) is True
+
+
+def test_truncating_any_snapshot_file_stops_the_check_naming_that_file(tmp_path):
+    snap = committed_copy(tmp_path)
+    files = read_json(snap / "provenance.json")["files"]
+    assert len(files) > 5 and any(rel.startswith("summaries/") for rel in files)
+    for rel in files:
+        path = snap / rel
+        original = path.read_bytes()
+        path.write_bytes(original[: len(original) // 2])
+        with pytest.raises(SnapshotDamaged, match=re.escape(str(path)) + r" has [\d,]+ bytes, the snapshot "
+                                                  r"recorded [\d,]+: restore the snapshot's files"):
+            verify(snap)
+        path.write_bytes(original)
+    assert verify(snap)
+
+
+def test_an_edited_or_missing_file_is_found_and_the_hint_says_git_checkout_for_a_committed_one(tmp_path):
+    snap = committed_copy(tmp_path)
+    table = snap / "claims.csv"
+    table.write_bytes(table.read_bytes().replace(b"agrees", b"AGREES", 1))  # same size, other bytes
+    with pytest.raises(SnapshotDamaged, match="claims.csv differs from the snapshot's record"):
+        verify(snap)
+    table.unlink()
+    with pytest.raises(SnapshotDamaged, match="claims.csv is missing"):
+        verify(snap)
+    assert "git checkout results/mini" in snapshot_module._restore_hint(snapshot_layout("mini").root)
+    (snap / "provenance.json").write_text("{")
+    with pytest.raises(SnapshotDamaged, match="provenance.json is not readable JSON"):
+        verify(snap)
+
+
+def test_take_records_every_file_and_seed_refuses_a_damaged_snapshot(tmp_path):
+    profile = load_profile("tiny")
+    sweep_output(tmp_path / "out")
+    snap = take(profile, tmp_path / "out", tmp_path / "results" / "tiny")
+    record = read_json(snap / "provenance.json")["files"]
+    assert set(record) == {"results.csv", "items.parquet", "claims.csv", "claims.json",
+                           "summaries/13_spectra-ranks.parquet", "summaries/13_spectra-ranks.json"}
+    assert record["results.csv"]["bytes"] == (snap / "results.csv").stat().st_size
+    (snap / "items.parquet").write_bytes(b"PAR1")
+    with pytest.raises(SnapshotDamaged, match="items.parquet has 4 bytes"):
+        seed(profile, tmp_path / "fresh", snap)
+    assert not (tmp_path / "fresh" / "results.csv").exists()  # nothing copied
+
+
+def test_a_seeded_folder_is_checked_and_its_damage_is_named(tmp_path):
+    profile = load_profile("tiny")
+    sweep_output(tmp_path / "out")
+    snap = take(profile, tmp_path / "out", tmp_path / "results" / "tiny")
+    fresh = tmp_path / "fresh"
+    assert seed(profile, fresh, snap) and verify(fresh)
+    (fresh / "results.csv").write_text("run_id\n")
+    with pytest.raises(SnapshotDamaged, match=r"fresh/results.csv has .*a copy of the snapshot .*remove "):
+        verify(fresh)
+
+
+def test_the_book_command_stops_at_once_on_a_damaged_snapshot(tmp_path, monkeypatch, capsys):
+    from lorastudy import cli, layout
+
+    committed_copy(tmp_path)
+    monkeypatch.setattr(layout, "SNAPSHOTS", tmp_path / "results")
+    items = tmp_path / "results" / "mini" / "items.parquet"
+    items.write_bytes(items.read_bytes()[:1000])
+    out = tmp_path / "out"
+    assert cli.main(["book", "mini", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: {items} has 1,000 bytes, the snapshot recorded "
+                           f"{read_json(snapshot_layout('mini').provenance)['files']['items.parquet']['bytes']:,}: "
+                           "restore the snapshot's files from where they came")
+    assert not (out / "results.csv").exists() and not (out / "analyses").exists()
+
+
+def test_a_seeded_folder_whose_snapshot_changed_is_stale(tmp_path, monkeypatch):
+    from lorastudy import layout as layout_module
+
+    committed_copy(tmp_path)
+    monkeypatch.setattr(layout_module, "SNAPSHOTS", tmp_path / "results")
+    profile, out = load_profile("mini"), Layout(tmp_path / "out")
+    assert seed(profile, out.root) and not stale_copy("mini", out)
+    verify_inputs("mini", out)
+    snap = tmp_path / "results" / "mini"
+    record = read_json(snap / "provenance.json")
+    record["files"]["claims.csv"]["sha256"] = "0" * 64  # a newer snapshot, as a new commit brings
+    write_json(snap / "provenance.json", record)
+    assert stale_copy("mini", out)

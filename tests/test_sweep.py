@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 import yaml
@@ -85,6 +87,25 @@ def test_sweep_runs_every_notebook_and_writes_results(uninterrupted: Path) -> No
     assert set(val.run_id) == set(trained.run_id)
     assert (val.duration == longest[val.index]).all()
     assert val.groupby("run_id").size().eq(1).all()
+
+
+def test_the_tiny_book_builds_with_warnings_as_errors(uninterrupted: Path, tmp_path: Path) -> None:
+    """`make tiny`'s book: tiny leaves some arms out, so chapters take their "not run" branches, and a note left
+    in a figure's cell (a duplicate label) or a scorecard link to a figure no chapter drew fails this build."""
+    from lorastudy.book import BOOK_DIR, build_book, crowded_figure_cells
+    from lorastudy.scorecard import figure_labels
+
+    analyses = sorted((uninterrupted / "analyses").glob("1*.ipynb"))
+    assert [p.name for p in analyses] == [f"{n}.ipynb" for n in load_profile("tiny").analyses]
+    assert "not run in this profile" in (uninterrupted / "analyses" / "14_sensitivity.ipynb").read_text()
+    for path in analyses:
+        assert crowded_figure_cells(nbformat.read(path, as_version=4)) == [], path.name
+    book_dir = Path(shutil.copytree(BOOK_DIR, tmp_path / "book", ignore=shutil.ignore_patterns("_build")))
+    html = build_book("tiny", uninterrupted, book_dir=book_dir, strict=True)
+    intro = (uninterrupted / "book_src" / "intro.md").read_text()
+    linked = set(re.findall(r"<(fig-[\w-]+)>`", intro))
+    assert linked and linked <= set(figure_labels(analyses)), linked - set(figure_labels(analyses))
+    assert (html / "14_sensitivity.html").is_file()
 
 
 def test_rerun_skips_finished_runs(uninterrupted: Path, env: dict[str, str]) -> None:

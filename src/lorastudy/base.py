@@ -161,7 +161,7 @@ def strings(obj: Any) -> list[str]:
 
 def world_texts(world: Path) -> list[str]:
     """Every string in every file of the world: the tokenizer's closed vocabulary."""
-    return [s for f in sorted(world.glob("*.jsonl")) for row in read_jsonl(f) for s in strings(row)]
+    return [s for f in sorted(world.glob("*.jsonl")) for row in read_jsonl(f, allow_empty=True) for s in strings(row)]
 
 
 def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -169,7 +169,7 @@ def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> di
     arch, pre = profile.base.architecture, profile.base.pretrain
     world = world_dir(profile)
     tok = build_tokenizer(world_texts(world))
-    texts = [r["text"] for r in read_jsonl(world / "pretrain.jsonl")]
+    texts = [r["text"] for r in read_jsonl(world / "pretrain.jsonl", required=("text",))]
     set_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,

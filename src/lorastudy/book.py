@@ -27,7 +27,7 @@ from lorastudy.io import read_json, write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
 from lorastudy.scorecard import CHAPTER_VERDICTS, figure_labels, replicate_section, scorecard, settled_section
-from lorastudy.snapshot import describe, from_snapshot, seed
+from lorastudy.snapshot import describe, from_snapshot, seed, stale_copy, verify_inputs
 from lorastudy.sweep import run_analyses
 
 BOOK_DIR = PROJECT_ROOT / "book"
@@ -42,6 +42,12 @@ def render_book(profile: Profile, profile_ref: str, out_root: Path, *, book_dir:
     """What `lorastudy book` does: seed an output folder without results from the committed snapshot, execute
     the chapters it lacks (all with `execute`) on its results, and build. Returns the HTML folder."""
     layout = Layout(out_root)
+    verify_inputs(profile.name, layout)  # a damaged snapshot stops here, in a second, not chapters later
+    if stale_copy(profile.name, layout):
+        say(f"[book] results/{profile.name} changed since {out_root} was copied from it: copying it afresh and "
+            "executing every chapter again")
+        layout.results_table.unlink()
+        execute = True
     if seed(profile, out_root):
         say(f"[book] {out_root} has no results: rendering the committed snapshot results/{profile.name}")
     todo = [n for n in profile.analyses if execute or not layout.analysis_notebook(n).is_file()]
@@ -216,6 +222,11 @@ def _copy_notebook(source: Path, dest_dir: Path, fallback_title: str) -> str:
     """Copy an executed notebook into the book: hide papermill's injected cell, make sure it has a title
     (Sphinx needs one for the toc) and flag a failed run. Returns its page name (no suffix, no dots)."""
     nb = nbformat.read(source, as_version=4)
+    crowded = crowded_figure_cells(nb)
+    if crowded:
+        raise ValueError(f"{source}: {'; '.join(crowded)}. A cell that carries a figure label (mystnb.figure) may "
+                         "show its image and nothing else: myst-nb labels every rich output of such a cell, so a "
+                         "note beside the image duplicates the label. Move the note to a cell of its own.")
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and HIDE_TAG not in tags:
@@ -231,6 +242,20 @@ def _copy_notebook(source: Path, dest_dir: Path, fallback_title: str) -> str:
     dest_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dest_dir / f"{name}.ipynb")
     return name
+
+
+def crowded_figure_cells(nb: nbformat.NotebookNode) -> list[str]:
+    """The figure-labelled cells of an executed notebook that show more than their image, or a note without
+    one ('cell 11 (fig-lr-sweep) shows text/markdown, image/png'): each would put a labelled figure in the book
+    that is not the figure (a duplicate label, or a 'figure' of text the scorecard cannot link to)."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        name = cell.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("name")
+        rich = [o for o in cell.get("outputs", []) if o.get("output_type") in ("display_data", "execute_result")]
+        if name and rich and (len(rich) > 1 or "image/png" not in rich[0].get("data", {})):
+            shown = ", ".join(next((k for k in o.get("data", {}) if k != "text/plain"), "text/plain") for o in rich)
+            problems.append(f"cell {i} ({name}) shows {shown}")
+    return problems
 
 
 def _has_heading(markdown: str) -> bool:

@@ -13,12 +13,12 @@ from IPython.display import Markdown
 from myst_nb import glue
 
 from lorastudy.config import Profile, load_profile
-
-from lorastudy.plan import RunSpec, resolve_run
 from lorastudy.figures.style import style
 from lorastudy.layout import Layout, RunPaths
 from lorastudy.paper import paper_tables
+from lorastudy.plan import RunSpec, resolve_run
 from lorastudy.results import collect, collect_items
+from lorastudy.snapshot import verify_inputs
 from lorastudy.summaries import checkpoint_sources, summary
 
 
@@ -96,9 +96,11 @@ def open_chapter(profile: str, output_dir: str = "", name: str = "") -> Chapter:
     """The chapter `name` of a profile (a name or a YAML path) over OUT (empty: the profile's default), with
     the house style applied."""
     prof = load_profile(profile)
+    layout = prof.layout(output_dir or None)
+    verify_inputs(prof.name, layout)  # a snapshot file that is not what was recorded stops the chapter here
     style()
     pd.set_option("display.max_colwidth", 160)  # claim statements are read whole, not cut at pandas' 50
-    return Chapter(prof, prof.layout(output_dir or None), name)
+    return Chapter(prof, layout, name)
 
 
 @dataclass

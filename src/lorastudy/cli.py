@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lorastudy.config import ConfigError, Profile, available_profiles, load_profile
+from lorastudy.io import DataFileError
 
 from lorastudy.plan import find_run
 
@@ -166,9 +167,18 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from lorastudy.snapshot import take
+    from lorastudy.layout import snapshot_layout
+    from lorastudy.snapshot import take, verify
 
     profile = _profile(args)
+    if args.verify:
+        root = Path(args.dest) if args.dest else snapshot_layout(profile.name).root
+        if not verify(root):
+            print(f"error: {root} records no file checksums (taken before they were recorded, or no snapshot): "
+                  "nothing to verify", file=sys.stderr)
+            return 2
+        print(f"snapshot {root}: every recorded file matches")
+        return 0
     dest = take(profile, _out(args, profile), Path(args.dest) if args.dest else None)
     print(f"snapshot: {dest}")
     return 0
@@ -317,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--execute", action="store_true", help="execute every chapter again on the results (new notebook code)")
     sp = add("snapshot", cmd_snapshot, "copy a finished sweep's tables and chapter summaries to results/PROFILE")
     sp.add_argument("--dest", help="another snapshot folder than results/PROFILE")
+    sp.add_argument("--verify", action="store_true",
+                    help="take nothing: check the snapshot's files against the sizes and checksums it recorded")
 
     rel = sub.add_parser("released", help="the paper's released checkpoints: branches, evaluation, weight spectra")
     rsub = rel.add_subparsers(dest="released_command", required=True, metavar="WHAT")
@@ -368,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, DataFileError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -283,12 +283,38 @@ class Profile(_Strict):
         return self
 
 
-def format_errors(err: ValidationError, source: str) -> str:
+def format_errors(err: ValidationError, source: str, overridden: tuple[str, ...] = ()) -> str:
+    """One line per problem: the dotted key, the file's line where it is written (where this file has it and no
+    override replaced it), what is wrong and what was given."""
     lines = [f"invalid profile {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+        replaced = any(loc == key or loc.startswith(key + ".") for key in overridden)
+        line = None if replaced else _line_of(Path(source), e["loc"])
+        at = f" (line {line})" if line else ""
+        lines.append(f"  {loc}{at}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
+
+
+def _line_of(path: Path, loc: tuple[Any, ...]) -> int | None:
+    """The line of `path` that writes the deepest key of `loc` the file has (None when it has none of it)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if found is None:
+                break
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def profile_path(name_or_path: str | os.PathLike) -> Path:
@@ -315,9 +341,30 @@ def _merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A profile file's mapping; a YAML syntax error or a file that is not one mapping is a ConfigError naming
+    the file and line."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: {where}: not valid YAML ({problem}); expected a profile mapping such as "
+                          "configs/tiny.yaml") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty; expected a profile mapping (name, base, data, eval, sweep, ...) such as "
+                          "configs/tiny.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: holds a YAML {type(raw).__name__}, expected a profile mapping (name, base, ...)")
+    return raw
+
+
 def _read_with_parents(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A profile may say `extends: NAME`: it then changes its parent's keys and *adds* sweep arms."""
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _read_yaml(path)
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
@@ -342,4 +389,4 @@ def load_profile(name_or_path: str | os.PathLike, overrides: dict[str, Any] | No
     try:
         return Profile.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_errors(err, str(path))) from None
+        raise ConfigError(format_errors(err, str(path), tuple(overrides or ()))) from None

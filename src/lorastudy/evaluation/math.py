@@ -12,14 +12,13 @@ exact match, the comparison is numeric (`5.0` equals `5`).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from pathlib import Path
 
 from lorastudy.data.records import MathProblem
-from lorastudy.io import write_json
+from lorastudy.io import DataFileError, numbered_jsonl, read_jsonl, write_json
 
 STRICT_RE = re.compile(r"#### \$?(\-?[0-9\.\,]+)")
 FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -79,6 +78,10 @@ def _check_prediction(i: int, pred: dict, references: list[MathProblem], seen: s
     return idx
 
 
+REFERENCE_FIELDS = ("question", "answer")
+PREDICTION_FIELDS = ("idx", "question", "completion")
+
+
 def score_gsm8k(predictions: list[dict], references: list[MathProblem]) -> dict:
     """Strict-match and flexible-extract accuracy of `predictions` ({idx, question, completion})."""
     if not predictions:
@@ -105,23 +108,25 @@ def score_gsm8k(predictions: list[dict], references: list[MathProblem]) -> dict:
 
 def read_gsm8k(path: str | os.PathLike) -> list[MathProblem]:
     """GSM8K-format jsonl ({question, answer} per line) as MathProblems, ids `<stem>-<line>`."""
-    # A tiny local reader on purpose: scoring must not depend on the dataset-adapter layer.
     stem = Path(path).stem
-    problems = []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(line for line in fh if line.strip()):
-            row = json.loads(line)
-            problems.append(MathProblem(question=row["question"], answer=row["answer"], id=f"{stem}-{i}"))
-    return problems
+    return [MathProblem(question=row["question"], answer=row["answer"], id=f"{stem}-{i}")
+            for i, row in enumerate(read_jsonl(path, required=REFERENCE_FIELDS))]
 
 
 def score_gsm8k_files(
     predictions_path: str | os.PathLike, references_path: str | os.PathLike, out_path: str | os.PathLike
 ) -> dict:
     """Score a predictions jsonl against a GSM8K jsonl and write the result JSON atomically."""
-    with open(predictions_path, encoding="utf-8") as fh:
-        predictions = [json.loads(line) for line in fh if line.strip()]
-    result = score_gsm8k(predictions, read_gsm8k(references_path))
+    references = read_gsm8k(references_path)
+    numbered = numbered_jsonl(predictions_path, required=PREDICTION_FIELDS)
+    seen: set[int] = set()
+    for i, (line, pred) in enumerate(numbered):  # the file's own faults, by line, before scoring
+        try:
+            _check_prediction(i, pred, references, seen)
+        except ValueError as err:
+            raise DataFileError(f"{predictions_path}: line {line}: {str(err).split(': ', 1)[-1]} "
+                                f"(references: {references_path})") from None
+    result = score_gsm8k([pred for _, pred in numbered], references)
     result["references_path"] = str(references_path)
     write_json(out_path, result)
     return result
