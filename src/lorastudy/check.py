@@ -21,7 +21,7 @@ import psutil
 from lorastudy.config import TARGET_MODULES, ConfigError, DatasetSpec, Profile, load_profile
 
 from lorastudy.plan import plan_runs
-from lorastudy.data.adapters import _looks_like_path
+from lorastudy.data.rows import looks_like_path
 from lorastudy.data.sources import streams
 from lorastudy.estimate import ModelSize, data_tokens, model_size
 from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run
@@ -197,7 +197,7 @@ def check_host_memory(profile: Profile) -> Check:
 
 # ---------------------------------------------------------------- hub and local data
 def _is_hub_id(source: str) -> bool:
-    return "{world}" not in source and not Path(source).expanduser().exists() and not _looks_like_path(source)
+    return "{world}" not in source and not Path(source).expanduser().exists() and not looks_like_path(source)
 
 
 def _dataset_specs(profile: Profile) -> list[DatasetSpec]:

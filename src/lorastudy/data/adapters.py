@@ -2,125 +2,26 @@
 
 Each dataset's own field names and layouts stop here: training and evaluation only ever see records.
 A local file or folder never touches the network; only a hub id downloads, through `datasets.load_dataset`
-(imported lazily). One reader, `iter_rows`, serves every source; `read_rows` is its first rows as a list.
+(imported lazily). One reader, `lorastudy.data.rows.iter_rows`, serves every source.
 """
 from __future__ import annotations
 
 import ast
-import bz2
-import gzip
 import itertools
-import json
 import re
 import textwrap
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from lorastudy.data.records import CodeTask, InstructionPair, MathProblem, MCItem, Record, TextDoc
-from lorastudy.io import DataFileError, json_lines
+from lorastudy.data.rows import iter_rows, read_rows, row_without
+from lorastudy.io import DataFileError
 
-_COMPRESSION = {".gz": gzip.open, ".bz2": bz2.open}
-_FORMATS = (".jsonl", ".json", ".txt", ".parquet")
+__all__ = ["ADAPTERS", "MBPP_SPLITS", "CPT_TEXT_FIELDS", "iter_rows", "iter_texts", "load_records", "read_rows"]
+
 MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601), "train": range(601, 975)}
 """MBPP task_id ranges (google-research README; the same ranges as the hub's `full` config)."""
-
-
-# ---------------------------------------------------------------- reading rows
-def _file_kind(name: str) -> tuple[str, str]:
-    """(format, compression) from a file name, e.g. ('.jsonl', '.gz'); '' where not recognised."""
-    name = name.lower()
-    comp = next((c for c in _COMPRESSION if name.endswith(c)), "")
-    stem = name[: len(name) - len(comp)]
-    return next((f for f in _FORMATS if stem.endswith(f)), ""), comp
-
-
-def _looks_like_path(source: str) -> bool:
-    """A hub id is `name` or `owner/name`; anything else path-shaped must exist locally, never hit the hub."""
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source or any(_file_kind(source))
-
-
-def _read_file(path: Path) -> Iterator[dict]:
-    """Rows of one local file, lazily: JSON lines and text ({"line": ...}) line by line, parquet by record batch."""
-    fmt, comp = _file_kind(path.name)
-    if fmt == ".parquet":
-        import pyarrow.parquet as pq  # heavy: only parquet snapshots need it
-
-        for batch in pq.ParquetFile(path).iter_batches():
-            yield from batch.to_pylist()
-        return
-    with _COMPRESSION.get(comp, open)(path, "rt", encoding="utf-8") as fh:
-        if fmt == ".txt":
-            yield from ({"line": line.removesuffix("\n")} for line in fh)
-        else:
-            yield from (row for _, row in json_lines(fh, str(path), arrays=True, whole=fmt == ".json"))
-
-
-def _folder_config(folder: Path, subset: str | None, hub_kw: dict) -> tuple[str | None, dict]:
-    """(config name, extra load_dataset arguments) that pick `subset` out of a local folder in the hub's layout.
-
-    Hub repos name their subsets in two ways, and a downloaded snapshot keeps either:
-    - README.md front matter with `configs:` (config_name + data_files per split): the subset is the config name;
-    - no declared configs but one folder per subset (`main/test-00000-of-00001.parquet`, `ARC-Challenge/...`):
-      the subset is the `data_dir`. Without such a folder (a flat folder), the subset is ignored, as for a file.
-    Either way `datasets` then finds the split by file name: `SPLIT-00000-of-00001.parquet`, `data/SPLIT-*.parquet`,
-    `SPLIT.jsonl` or a `SPLIT/` folder; files with no split in their name are all `train`.
-    """
-    from huggingface_hub import metadata_load  # installed with datasets; reads the card's YAML as datasets does
-
-    readme = folder / "README.md"
-    card = (metadata_load(readme) if readme.is_file() else None) or {}
-    configs = [c["config_name"] for c in card.get("configs", [])]
-    if configs:
-        if subset is not None and subset not in configs:
-            raise ValueError(f"{folder}/README.md declares configs {configs}, not {subset!r}")
-        return subset, {}
-    if subset and not {"data_dir", "data_files"} & set(hub_kw) and (folder / subset).is_dir():
-        return None, {"data_dir": subset}
-    return None, {}
-
-
-def _read_dataset(source: str, subset: str | None, split: str | None, streaming: bool,
-                  **hub_kw: Any) -> Iterator[dict]:
-    """Rows of a hub id or a local hub-layout folder through `datasets`, loaded now so a bad config fails here."""
-    import datasets  # heavy and networked: only hub ids and folders load through it
-
-    ds = datasets.load_dataset(source, subset, split=split or "train", streaming=streaming, **hub_kw)
-    return (dict(row) for row in ds)
-
-
-def iter_rows(source: str, *, split: str | None = None, subset: str | None = None, streaming: bool | None = None,
-              **hub_kw: Any) -> Iterator[dict]:
-    """Rows one at a time, never the whole source in memory, so continued pre-training can stream a corpus.
-
-    - a local file (split, subset and hub_kw ignored): .jsonl/.json (JSON lines; also .gz/.bz2) and .txt
-      ({"line": ...}) line by line, .parquet by record batch; a .json holding one JSON array is parsed whole;
-    - a local folder in the hub's layout (see `_folder_config`): through `datasets`, streamed unless
-      streaming=False (streaming needs no Arrow copy of the folder in the cache);
-    - a hub id: `datasets.load_dataset`, streamed only when streaming is true.
-    Bad paths fail here, not at the first row.
-    """
-    path = Path(source).expanduser()
-    if path.is_file():
-        fmt, comp = _file_kind(path.name)
-        if not fmt or (fmt == ".parquet" and comp):
-            raise ValueError(f"{path}: unsupported file type; use .json/.jsonl/.txt (optionally .gz or .bz2) "
-                             "or .parquet")
-        return _read_file(path)
-    if path.is_dir():
-        name, extra = _folder_config(path, subset, hub_kw)
-        return _read_dataset(str(path), name, split, streaming is not False, **extra, **hub_kw)
-    if _looks_like_path(source):
-        raise FileNotFoundError(f"data file {source!r} does not exist (it looks like a path, so the hub is not tried)")
-    return _read_dataset(source, subset, split, bool(streaming), **hub_kw)
-
-
-def read_rows(source: str, *, split: str | None = None, subset: str | None = None, limit: int | None = None,
-              streaming: bool | None = None, **hub_kw: Any) -> list[dict]:
-    """The first `limit` rows of iter_rows as a list; with a limit a hub id streams, so only those are downloaded."""
-    stream = True if streaming is None and limit is not None else streaming
-    return list(itertools.islice(iter_rows(source, split=split, subset=subset, streaming=stream, **hub_kw), limit))
 
 
 def _rows(source: str, split: str | None, limit: int | None, kw: dict, default_split: str,
@@ -385,27 +286,9 @@ def load_records(adapter: str, source: str, **kw: Any) -> list[Record]:
         records = ADAPTERS[adapter](source, **kw)
     except KeyError as err:  # a row without a field the adapter reads: say which row, here rather than in each adapter
         field = err.args[0] if err.args else "?"
-        raise DataFileError(f"{source}: {_row_without(source, field, kw)} has no field {field!r}, which the "
+        raise DataFileError(f"{source}: {row_without(source, field)} has no field {field!r}, which the "
                             f"{adapter!r} adapter reads") from None
     if not records:
         raise DataFileError(f"{source}: no records for the {adapter!r} adapter (an empty file, or a split, subset "
                             "or task ids that select nothing)")
     return records
-
-
-def _row_without(source: str, field: str, kw: dict) -> str:
-    """Where the first row lacking `field` is ('line 3', or 'row 3' of a parquet file or dataset); on the error
-    path only, so reading the source again costs nothing that matters."""
-    path = Path(source).expanduser()
-    fmt, comp = _file_kind(path.name)
-    if path.is_file() and fmt in (".jsonl", ".json"):
-        with _COMPRESSION.get(comp, open)(path, "rt", encoding="utf-8") as fh:
-            rows = json_lines(fh, str(path), arrays=True, whole=fmt == ".json")
-            line = next((n for n, row in rows if field not in row), None)
-        return f"line {line}" if line is not None else "a row"
-    try:
-        rows = iter_rows(source, split=kw.get("split"), subset=kw.get("subset"))
-        index = next((i for i, row in enumerate(rows) if field not in row), None)
-    except Exception:  # noqa: BLE001 - only the message's precision is at stake here
-        index = None
-    return f"row {index + 1}" if index is not None else "a row"
