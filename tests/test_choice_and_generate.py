@@ -95,27 +95,28 @@ def test_the_normalised_choice_is_the_best_score_per_byte(model, tok) -> None:
         assert res["acc_norm"] == 1.0 and [r["pred_norm"] for r in res["records"]] == [i.gold for i in items]
 
 
-def test_contexts_longer_than_the_model_are_cut_to_its_window(tok) -> None:
-    """Without max_len, a request is cut to the model's own context (max_position_embeddings)."""
+def test_a_sequence_past_the_trained_context_is_refused_never_cut(tok) -> None:
+    """Without max_len the model's max_position_embeddings bounds a request; with it, the trained context does.
+    A longer sequence is an error naming the item and both lengths: read past the trained positions, a score
+    measures nothing, and cutting the context would score another question."""
     torch.manual_seed(3)
     short = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
                                          max_position_embeddings=12, tie_word_embeddings=True)).eval()
     item = MCItem(options=(("Alice lives in Paris. " * 4 + "Alice lives in", " Oslo and Rome."),), gold=0, id="l")
-    default = score_choice(short, tok, [item], progress=False)["records"][0]["loglik"]
-    assert default == pytest.approx(score_choice(short, tok, [item], max_len=12, progress=False)["records"][0]["loglik"])
-    assert default != pytest.approx(score_choice(short, tok, [item], max_len=64, progress=False)["records"][0]["loglik"])
+    with pytest.raises(ValueError, match=r"multiple-choice item l, option 0: \d+ tokens exceed the trained context of 12"):
+        score_choice(short, tok, [item], progress=False)
+    fits = MCItem(options=(("Alice lives in", " Oslo."),), gold=0, id="f")
+    assert score_choice(short, tok, [fits], progress=False)["n"] == 1
+    with pytest.raises(ValueError, match="item f, option 0: .* the trained context of 3"):
+        score_choice(short, tok, [fits], max_len=3, progress=False)
     pairs = [("Alice lives in Paris. " * 4 + "Alice lives in", " Oslo and Rome.")]
-    assert answer_nll(short, tok, pairs, progress=False) == pytest.approx(
-        answer_nll(short, tok, pairs, max_len=12, progress=False))
-    assert answer_nll(short, tok, pairs, progress=False) != pytest.approx(
-        answer_nll(short, tok, pairs, max_len=64, progress=False))
-    # an answer longer than the window: every token in it but the first is scored
-    tight = answer_nll(short, tok, pairs, max_len=4, progress=False)[0]
-    cont = [*tok(" Oslo and Rome.", add_special_tokens=False)["input_ids"], tok.eos_token_id][-4:]
-    with torch.no_grad():
-        logp = torch.log_softmax(short(torch.tensor([cont])).logits[0].float(), -1)
-    assert tight == pytest.approx(-sum(float(logp[k - 1, cont[k]]) for k in range(1, 4)) / 3, rel=1e-5)
+    with pytest.raises(ValueError, match=r"reference answer of item q7: \d+ tokens exceed the trained context of 64"):
+        long = [("Alice lives in", " Oslo.")] * 7 + [(pairs[0][0] * 3, pairs[0][1])]  # only the last is too long
+        answer_nll(short, tok, long, max_len=64, progress=False, ids=[f"q{i}" for i in range(8)])
+    with pytest.raises(ValueError, match=r"code prompt T/1 plus max_new_tokens 8: \d+ tokens exceed the trained context of 12"):
+        generate(short, tok, ["Alice", "Alice lives in Paris."], max_new_tokens=8, progress=False, desc="code",
+                 names=["T/0", "T/1"])
 
 
 def test_multiple_choice_shots_are_a_stable_draw(tok) -> None:
@@ -130,36 +131,17 @@ def test_multiple_choice_shots_are_a_stable_draw(tok) -> None:
     assert fewshot_prefix(2, items, 9).count("\n\n") == 5  # at most the other items
 
 
-def test_long_contexts_are_cut_from_the_left(model, tok) -> None:
-    """A request longer than max_len keeps its last max_len tokens: the continuation whole, the context's end."""
-    item = MCItem(options=(("Alice lives in Paris. " * 6 + "Alice lives in", " Oslo and Rome."),), gold=0, id="long")
-    cut = score_choice(model, tok, [item], max_len=8, progress=False)["records"][0]["loglik"][0]
-    ids = [tok.bos_token_id, *tok(item.options[0][0], add_special_tokens=False)["input_ids"]]
-    cont = tok(" Oslo and Rome.", add_special_tokens=False)["input_ids"]
-    window = (ids + cont)[-8:]
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([window])).logits[0].float(), -1)
-    expected = sum(float(logp[k - 1, window[k]]) for k in range(len(window) - len(cont), len(window)))
-    assert cut == pytest.approx(expected, abs=1e-4)
-    assert cut != pytest.approx(score_choice(model, tok, [item], progress=False)["records"][0]["loglik"][0],
-                                abs=1e-4)
-    # a window shorter than the continuation scores every token but the first
-    short = score_choice(model, tok, [item], max_len=3, progress=False)["records"][0]["loglik"][0]
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([cont[-3:]])).logits[0].float(), -1)
-    assert short == pytest.approx(float(logp[0, cont[-2]] + logp[1, cont[-1]]), abs=1e-4)
-
-
-def test_answer_nll_is_the_mean_loss_per_answer_token_eos_included(model, tok) -> None:
+def test_answer_nll_is_the_mean_loss_per_answer_token_with_and_without_eos(model, tok) -> None:
     pairs = [("Question: What pet does Bob have?\nAnswer:", " a cat"), ("Alice lives in", " Paris.")]
-    got = answer_nll(model, tok, pairs, batch_size=2, progress=False)
-    for (prompt, answer), value in zip(pairs, got):
+    answer, with_eos = answer_nll(model, tok, pairs, batch_size=2, progress=False)
+    for (prompt, reference), value, value_eos in zip(pairs, answer, with_eos):
         ctx = [tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]
-        cont = [*tok(answer, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        cont = [*tok(reference, add_special_tokens=False)["input_ids"], tok.eos_token_id]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].float(), -1)
-        total = sum(float(logp[len(ctx) + k - 1, t]) for k, t in enumerate(cont))
-        assert value == pytest.approx(-total / len(cont), rel=1e-5) and value > 0
+        per_token = [float(logp[len(ctx) + k - 1, t]) for k, t in enumerate(cont)]
+        assert value_eos == pytest.approx(-sum(per_token) / len(cont), rel=1e-5) and value_eos > 0
+        assert value == pytest.approx(-sum(per_token[:-1]) / (len(cont) - 1), rel=1e-5) and value > 0
     assert model.training is False
     model.train()
     answer_nll(model, tok, pairs, progress=False)

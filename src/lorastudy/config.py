@@ -263,6 +263,13 @@ class Profile(_Strict):
     execution: Execution = Execution()
     output_dir: str = "outputs/{name}"
 
+    @property
+    def trained_context(self) -> int | None:
+        """The positions every model here trained on, which every evaluated sequence must fit: the mini base's
+        pre-training length capped by the shortest fine-tuning one; None for a pretrained base (its own context)."""
+        tasks = [self.training.for_task(d, r).seq_len for d in self.data for r in self.data[d]]
+        return min([self.base.pretrain.seq_len, *tasks]) if self.base.kind == "mini" else None
+
     def out_dir(self, override: str | os.PathLike | None = None) -> Path:
         """The folder for this profile's runs and results (outside git)."""
         raw = str(override) if override else os.environ.get("LORASTUDY_OUTPUT") or self.output_dir

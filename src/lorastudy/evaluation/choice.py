@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from lorastudy.data.examples import IGNORE, PadCollator, encode, pack_cpt, pad, prompt_ids
 from lorastudy.data.records import MCItem
+from lorastudy.evaluation.context import within
 
 
 def fewshot_prefix(item_index: int, items: Sequence[MCItem], shots: int, seed: int = 1234) -> str:
@@ -29,22 +30,23 @@ def fewshot_prefix(item_index: int, items: Sequence[MCItem], shots: int, seed: i
 
 
 def _requests(tok: Any, items: Sequence[MCItem], shots: int, max_len: int) -> list[tuple[int, int, list[int], int]]:
-    """(item, option, token ids, number of continuation tokens), left-truncated to max_len."""
+    """(item, option, token ids, number of continuation tokens); a sequence longer than `max_len` (the context
+    the model was trained on) is an error, never cut: read past it, a score measures nothing."""
     reqs = []
     for i, item in enumerate(items):
         prefix = fewshot_prefix(i, items, shots)
         for j, (context, continuation) in enumerate(item.options):
-            ctx = prompt_ids(tok, prefix + context)
-            cont = encode(tok, continuation)
-            ids = (ctx + cont)[-max_len:]
-            reqs.append((i, j, ids, min(len(cont), len(ids) - 1)))
+            ids = prompt_ids(tok, prefix + context) + encode(tok, continuation)
+            within(len(ids), max_len, f"multiple-choice item {item.id or i}, option {j}")
+            reqs.append((i, j, ids, len(encode(tok, continuation))))
     return reqs
 
 
 @torch.no_grad()
 def continuation_logprobs(model: torch.nn.Module, tok: Any, requests: Sequence[tuple[int, int, list[int], int]],
-                          batch_size: int = 32, progress: bool = True) -> dict[tuple[int, int], float]:
-    """Sum of log-probabilities of each request's continuation tokens, batched (longest first, right-padded)."""
+                          batch_size: int = 32, progress: bool = True, split_last: bool = False) -> dict[tuple[int, int], Any]:
+    """Sum of log-probabilities of each request's continuation tokens, batched (longest first, right-padded);
+    with `split_last`, (sum without the last token, the last token's log-probability) instead."""
     dev = next(model.parameters()).device
     order = sorted(range(len(requests)), key=lambda k: -len(requests[k][2]))
     out: dict[tuple[int, int], float] = {}
@@ -56,13 +58,16 @@ def continuation_logprobs(model: torch.nn.Module, tok: Any, requests: Sequence[t
         for b, (i, j, seq, n_cont) in enumerate(batch):
             pos = torch.arange(len(seq) - n_cont, len(seq), device=dev)
             targets = ids[b, pos.cpu()].to(dev)
-            out[(i, j)] = float(logp[b, pos - 1, targets].sum())
+            token_logps = logp[b, pos - 1, targets]
+            out[(i, j)] = (float(token_logps[:-1].sum()), float(token_logps[-1])) if split_last else \
+                float(token_logps.sum())
     return out
 
 
 def score_choice(model: torch.nn.Module, tok: Any, items: Sequence[MCItem], *, shots: int = 0,
                  batch_size: int = 32, max_len: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """acc, acc_norm and per-item choices for a multiple-choice set."""
+    """acc, acc_norm and per-item choices for a multiple-choice set; `max_len`: the context the model was trained
+    on (default its max_position_embeddings)."""
     if not items:
         raise ValueError("no multiple-choice items to score")
     max_len = max_len or int(getattr(model.config, "max_position_embeddings", 2048))
@@ -85,20 +90,26 @@ def score_choice(model: torch.nn.Module, tok: Any, items: Sequence[MCItem], *, s
 
 
 def answer_nll(model: torch.nn.Module, tok: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32,
-               max_len: int | None = None, progress: bool = True) -> list[float]:
-    """Per item, the mean negative log-likelihood per token of the reference answer (plus eos, as trained)
-    after its prompt: a learning measure that no decoding choice can move."""
+               max_len: int | None = None, progress: bool = True,
+               ids: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
+    """Per item, the mean negative log-likelihood per token of the reference answer after its prompt: a learning
+    measure that no decoding choice can move. Two readings: of the answer's own tokens, and of the answer plus
+    the end-of-sequence token as fine-tuning trains it (a model that never saw where answers end pays for the
+    ending only in the second). `max_len`: the context the model was trained on (default max_position_embeddings)."""
     max_len = max_len or int(getattr(model.config, "max_position_embeddings", 2048))
     reqs = []
     for i, (prompt, answer) in enumerate(pairs):
         cont = [*encode(tok, answer), tok.eos_token_id]
-        ids = (prompt_ids(tok, prompt) + cont)[-max_len:]
-        reqs.append((i, 0, ids, min(len(cont), len(ids) - 1)))
+        seq = prompt_ids(tok, prompt) + cont
+        within(len(seq), max_len, f"reference answer of item {ids[i] if ids is not None else i}")
+        reqs.append((i, 0, seq, len(cont)))
     was_training = model.training
     model.eval()
-    ll = continuation_logprobs(model, tok, reqs, batch_size, progress)
+    ll = continuation_logprobs(model, tok, reqs, batch_size, progress, split_last=True)
     model.train(was_training)
-    return [-ll[(i, 0)] / n_cont for i, _, _, n_cont in reqs]
+    answer = [-ll[(i, 0)][0] / max(n_cont - 1, 1) for i, _, _, n_cont in reqs]
+    with_eos = [-(ll[(i, 0)][0] + ll[(i, 0)][1]) / n_cont for i, _, _, n_cont in reqs]
+    return answer, with_eos
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from lorastudy.data.examples import pad, prompt_ids
+from lorastudy.evaluation.context import within
 
 
 Stop = str | re.Pattern[str]
@@ -51,8 +52,11 @@ def truncate_at_stop(text: str, stop: Sequence[Stop]) -> str:
 @torch.no_grad()
 def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0, n: int = 1, stop: Sequence[Stop] = (), batch_size: int = 32, seed: int = 0,
-             progress: bool = True, desc: str = "generate") -> list[list[str]]:
-    """n completions per prompt (greedy when temperature is 0), each cut at the first stop sequence."""
+             progress: bool = True, desc: str = "generate", context: int | None = None,
+             names: Sequence[str] | None = None) -> list[list[str]]:
+    """n completions per prompt (greedy when temperature is 0), each cut at the first stop sequence. `context`:
+    the length the model was trained on (default its max_position_embeddings): a prompt whose tokens plus
+    max_new_tokens exceed it is an error naming the item (`names`, else its index)."""
     if tok.padding_side != "left":
         tok.padding_side = "left"
     dev = next(model.parameters()).device
@@ -71,14 +75,15 @@ def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: in
             raise ValueError("greedy decoding gives one completion per prompt; set temperature > 0 for n > 1")
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     per_batch = max(1, batch_size // n)
+    context = context or getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if context:
+        for k, prompt in enumerate(prompts):
+            within(len(prompt_ids(tok, prompt)) + max_new_tokens, context,
+                   f"{desc} prompt {names[k] if names is not None else k} plus max_new_tokens {max_new_tokens}")
     out: list[list[str]] = []
     for start in tqdm(range(0, len(prompts), per_batch), desc=desc, disable=not progress, leave=False):
         chunk = list(prompts[start:start + per_batch])
         ids, mask = left_padded(tok, chunk)
-        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if context and ids.shape[1] + max_new_tokens > context:
-            raise ValueError(f"{desc}: a prompt of {ids.shape[1]} tokens plus max_new_tokens {max_new_tokens} exceeds "
-                             f"the model's context of {context}: use fewer shots or fewer new tokens")
         criteria = StoppingCriteriaList([StopOnStrings(tok, stop, ids.shape[1])] if stop else [])
         gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), stopping_criteria=criteria,
                              **gen_kwargs)

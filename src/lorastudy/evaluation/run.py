@@ -31,12 +31,14 @@ def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, p
                   progress: bool = True, out_dir: Path | None = None) -> dict[str, Any]:
     """GSM8K-style (on cfg.dataset's `problems`): k-shot prompts, greedy by default, strict and flexible
     extraction; per-item results."""
-    texts = [prompt for prompt, _ in reference_answers(profile, "math", problems)[1]]
-    comps = generate_for(model, tok, texts, cfg, prompts.MATH_STOP, progress, "math")
+    ids, pairs = reference_answers(profile, "math", problems)
+    comps = generate_for(model, tok, [prompt for prompt, _ in pairs], cfg, prompts.MATH_STOP, progress, "math",
+                         profile.trained_context, ids)
     preds = [{"idx": i, "question": p.question, "completion": c[0]} for i, (p, c) in enumerate(zip(problems, comps))]
     scored = score_gsm8k(preds, problems)
-    if out_dir is not None:
-        write_jsonl(out_dir / "math_predictions.jsonl", preds)
+    if out_dir is not None:  # with the scorer's verdicts, so a reader of the file sees what counted
+        write_jsonl(out_dir / "math_predictions.jsonl",
+                    [{**p, "gold": r["gold"], "strict_correct": r["strict_correct"]} for p, r in zip(preds, scored["records"])])
     items = {"strict_match": [float(r["strict_correct"]) for r in scored["records"]],
              "flexible_extract": [float(r["flexible_correct"]) for r in scored["records"]]}
     return {"strict_match": scored["strict_match"], "flexible_extract": scored["flexible_extract"], "n": scored["n"],
@@ -72,10 +74,11 @@ def _math_shots(profile: Profile, cfg: GenerationEval) -> list[tuple[str, str]]:
 
 
 def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, tasks: list[Any], *, progress: bool = True,
-                  out_dir: Path | None = None) -> dict[str, Any]:
+                  out_dir: Path | None = None, context: int | None = None) -> dict[str, Any]:
     """HumanEval-style (on cfg.dataset's `tasks`): n samples per task, each run in the sandbox; pass@k, unique
     completions, per-task pass rates (the per-item pass@1)."""
-    comps = generate_for(model, tok, [t.prompt for t in tasks], cfg, prompts.CODE_STOP, progress, "code")
+    comps = generate_for(model, tok, [t.prompt for t in tasks], cfg, prompts.CODE_STOP, progress, "code", context,
+                         [t.task_id for t in tasks])
     samples = [{"task_id": t.task_id, "completion": c} for t, cs in zip(tasks, comps) for c in cs]
     result = evaluate_samples(samples, {t.task_id: t for t in tasks}, ks=tuple(cfg.ks), timeout=cfg.timeout,
                               progress=progress)
@@ -91,10 +94,10 @@ def evaluate_code(model: Any, tok: Any, cfg: GenerationEval, tasks: list[Any], *
 
 
 def generate_for(model: Any, tok: Any, texts: list[str], cfg: GenerationEval, stop: list[Stop], progress: bool,
-                 desc: str) -> list[list[str]]:
+                 desc: str, context: int | None = None, names: list[str] | None = None) -> list[list[str]]:
     return generate(model, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                     top_p=cfg.top_p, n=cfg.n_samples, stop=stop, batch_size=cfg.batch_size, progress=progress,
-                    desc=desc)
+                    desc=desc, context=context, names=names)
 
 
 Items = list[dict[str, Any]]  # per-item results: {"item", "metric", "value"}, the metric named as in the rows
@@ -113,8 +116,12 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
         items.extend({"item": i, "metric": metric, "value": float(v)} for i, v in zip(ids, values))
 
     def nll(metric: str, domain: str, records: list[Any]) -> None:
+        """`metric` (the answer's own tokens: what learning and the rate choice read) and its `_eos` reading."""
         ids, pairs = reference_answers(profile, domain, records)
-        record(metric, ids, answer_nll(model, tok, pairs, batch_size=profile.eval.batch_size, progress=progress))
+        answer, with_eos = answer_nll(model, tok, pairs, batch_size=profile.eval.batch_size, progress=progress,
+                                      max_len=profile.trained_context, ids=ids)
+        record(metric, ids, answer)
+        record(metric.replace("answer_nll", "answer_eos_nll"), ids, with_eos)
 
     for domain in domains:
         cfg = profile.eval.learning[domain]
@@ -126,7 +133,7 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
             record("gsm8k_flexible_extract", ids, r["items"]["flexible_extract"])
             record(f"learning_{domain}", ids, r["items"]["strict_match"])
         else:
-            r = evaluate_code(model, tok, cfg, test, progress=progress, out_dir=out_dir)
+            r = evaluate_code(model, tok, cfg, test, progress=progress, out_dir=out_dir, context=profile.trained_context)
             # distinct completions per task mean something only with several samples (chapter 12 draws them)
             kinds = ("pass@", "unique_") if cfg.n_samples > 1 else ("pass@",)
             metrics.update({f"humaneval_{k}": v for k, v in r.items() if k.startswith(kinds)})
@@ -138,7 +145,7 @@ def evaluate_model(model: Any, tok: Any, profile: Profile, *, domains: list[str]
     for name, cfg in profile.eval.forgetting.items():
         mc_items = load_spec(profile, cfg.dataset)
         r = score_choice(model, tok, mc_items, shots=cfg.shots, batch_size=profile.eval.batch_size,
-                         progress=progress)
+                         progress=progress, max_len=profile.trained_context)
         ids = [item_id(it.id, i) for i, it in enumerate(mc_items)]
         record(f"{name}_acc", ids, [float(x["pred"] == x["gold"]) for x in r["records"]])
         record(f"{name}_acc_norm", ids, [float(x["pred_norm"] == x["gold"]) for x in r["records"]])

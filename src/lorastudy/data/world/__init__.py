@@ -140,12 +140,11 @@ def generate_world(cfg: WorldConfig) -> MiniWorld:
     code_train, code_test, code_val, code_cpt, code_docs = code_tasks(cfg)
     pretrain = source + arithmetic_docs(cfg) + stories + code_docs
     part_rng(cfg, "pretrain-order").shuffle(pretrain)
-    seen = pieces(pretrain)
     return MiniWorld(
         config=cfg, people=people, pretrain=_ids(pretrain), source_heldout=_ids(heldout_docs(cfg, people)),
         source_mc=source_mc(cfg, people), math_train=math_train, math_test=math_test, math_val=math_val,
         math_cpt=_ids(math_cpt), code_train=code_train, code_test=code_test, code_val=code_val,
-        code_cpt=_ids([_seen_lines(d, seen) for d in code_cpt]))
+        code_cpt=_ids(code_cpt))
 
 
 def pieces(texts: Iterable[str]) -> Counter[str]:
@@ -155,14 +154,6 @@ def pieces(texts: Iterable[str]) -> Counter[str]:
     for text in texts:
         counts.update(_PIECE.findall(text))
     return counts
-
-
-def _seen_lines(doc: str, seen: Counter[str]) -> str:
-    """A CPT code document without its usage asserts that hold a token pre-training never shows (a random
-    string literal is one word-level token)."""
-    keep = [line for line in doc.split("\n")
-            if not line.startswith("assert ") or all(p in seen for p in pieces([line]))]
-    return "\n".join(keep)
 
 
 def _ids(docs: list[str]) -> list[TextDoc]:

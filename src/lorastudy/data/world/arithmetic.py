@@ -6,9 +6,9 @@ import random
 import zlib
 from dataclasses import dataclass
 
+from lorastudy.data.prompts import math_prompt, math_response
 from lorastudy.data.records import MathProblem
 from lorastudy.data.world.settings import WorldConfig, part_rng
-
 from lorastudy.data.world.vocabulary import (ARITH_PER_DOC, CONNECTORS, MATH_ITEMS, MATH_NAMES, MATH_TEST_BUCKETS,
                                              STORY_USAGE)
 
@@ -104,13 +104,16 @@ def _split(key: str) -> str:
 
 def word_problems(cfg: WorldConfig) -> tuple[list[MathProblem], list[MathProblem], list[MathProblem], list[str],
                                               list[str]]:
-    """Train/test/validation problems (test and validation: held-out value combinations), CPT prose and
-    pre-training stories."""
+    """Train/test/validation problems (test and validation: held-out value combinations), CPT documents and
+    pre-training documents (stories, and a few worked problems), all from training value combinations.
+
+    CPT documents are worked problems in the layout the evaluation reads (`Question: ...\nAnswer: steps\n#### n`),
+    nothing after the answer: raw text of the target domain in its own format, as OpenWebMath is for GSM8K."""
     rng = part_rng(cfg, "math")
     covered = {(a, op, b) for a, op, b, _ in arithmetic_facts(cfg) if op != "/" or b > 1}
     pools: dict[str, dict[str, _Problem]] = {"train": {}, "test": {}, "val": {}}
     wanted = {"test": cfg.n_math_test, "val": cfg.n_math_val,
-              "train": cfg.n_math_train + cfg.n_math_cpt + cfg.n_math_stories}
+              "train": cfg.n_math_train + cfg.n_math_cpt + cfg.n_math_stories + cfg.n_math_worked}
     for _ in range(20 * sum(wanted.values())):
         if all(len(pools[t]) >= wanted[t] for t in pools):
             break
@@ -125,14 +128,18 @@ def word_problems(cfg: WorldConfig) -> tuple[list[MathProblem], list[MathProblem
     test, val, rest = list(pools["test"].values()), list(pools["val"].values()), list(pools["train"].values())
     train = rest[:cfg.n_math_train]
     cpt_pool = rest[cfg.n_math_train:cfg.n_math_train + cfg.n_math_cpt]
-    stories = rest[cfg.n_math_train + cfg.n_math_cpt:]
-    facts = arithmetic_facts(cfg)
-    cpt = [" ".join([p.question, *(s.replace("\n", " ") for s in p.steps), f"So the answer is {p.result}."])
-           + "\n" + " ".join(_equation(*f) for f in rng.sample(facts, 4)) for p in cpt_pool]
+    start = cfg.n_math_train + cfg.n_math_cpt
+    stories, worked = rest[start:start + cfg.n_math_stories], rest[start + cfg.n_math_stories:]
+    cpt = [_worked(p) for p in cpt_pool]
     return ([MathProblem(p.question, p.answer(), f"gsm8k_train/{i}") for i, p in enumerate(train)],
             [MathProblem(p.question, p.answer(), f"gsm8k/{i}") for i, p in enumerate(test)],
             [MathProblem(p.question, p.answer(), f"gsm8k/{i}") for i, p in enumerate(val)],  # ids as the adapter reads them
-            cpt, [_story(p, i) for i, p in enumerate(stories)])
+            cpt, [_story(p, i) for i, p in enumerate(stories)] + [_worked(p) for p in worked])
+
+
+def _worked(p: _Problem) -> str:
+    """A worked problem in the evaluated layout, exactly as the 0-shot prompt and its reference answer join."""
+    return math_prompt(p.question) + math_response(p.answer())
 
 
 def _story(p: _Problem, i: int) -> str:

@@ -113,7 +113,8 @@ def _usage(b: _Built, cases: list[tuple[Any, Any]]) -> str:
 
 def code_tasks(cfg: WorldConfig) -> tuple[list[CodeTask], list[CodeTask], list[CodeTask], list[str], list[str]]:
     """Per family: test and validation = unseen combinations whose parts all occur in train (disjoint, and
-    neither in CPT); pre-training sees single parts."""
+    neither in CPT); pre-training sees single parts, and a few documented compositions that are in neither
+    train, test nor validation (so that the base knows the layout and composing, as Llama-2-7B knows Python)."""
     rng = part_rng(cfg, "code")
     train: list[_Built] = []
     test: list[_Built] = []
@@ -144,12 +145,15 @@ def code_tasks(cfg: WorldConfig) -> tuple[list[CodeTask], list[CodeTask], list[C
     test_combos = {b.combo for b in test + val}
     composable = [b for b in train + rest if family_of(b.combo) != "list" and b.combo not in test_combos]
     code_docs = [_generic_code_doc(rng, singles, composable, k) for k in range(cfg.n_code_docs)]
+    composed = [b.prompt + b.solution for b in rng.sample(rest, min(cfg.n_code_composed, len(rest)))]
     cpt_pool = train + rest
-    code_cpt = ["\n\n".join(b.prompt + b.solution for b in group) + "\n\n" + "".join(_usage(b, b.cases) for b in group)
-                for group in (rng.sample(cpt_pool, rng.randint(1, 2)) for _ in range(cfg.n_code_cpt))]
+    # CPT: documented functions in the evaluated layout, bodies a fair share of the tokens (no usage asserts), one
+    # to three per document; the document ends with a body, so the end-of-sequence token follows one, as in IFT
+    code_cpt = ["\n\n".join(b.prompt + b.solution for b in rng.sample(cpt_pool, rng.randint(1, 3)))
+                for _ in range(cfg.n_code_cpt)]
     return ([_task(b, f"MiniTrain/{i}") for i, b in enumerate(train)],
             [_task(b, f"Mini/{i}") for i, b in enumerate(test)],
-            [_task(b, f"MiniVal/{i}") for i, b in enumerate(val)], code_cpt, code_docs)
+            [_task(b, f"MiniVal/{i}") for i, b in enumerate(val)], code_cpt, code_docs + composed)
 
 
 def _generic_code_doc(rng: random.Random, singles: dict[Combo, _Built], composable: list[_Built], k: int) -> str:

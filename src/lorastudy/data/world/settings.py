@@ -11,14 +11,17 @@ from lorastudy.data.world.parts import FAMILIES, combo_counts
 from lorastudy.data.world.vocabulary import ATTRIBUTES
 
 PRESETS: dict[str, dict[str, int]] = {
-    # 1.88M pre-training tokens: 42% source facts, 30% arithmetic, 3% word stories, 25% code; vocabulary ~660.
+    # Pre-training: source facts, arithmetic, word stories, a few worked problems and documented composed functions
+    # in the evaluated layouts (so that the base follows them, as Llama-2-7B follows GSM8K's and HumanEval's), code.
     "mini": dict(n_people=100, n_first_names=60, n_last_names=60, n_attributes=5, n_templates=4, fact_repetitions=150,
                  max_add_operand=30, max_mul_operand=10, arith_repetitions=27, n_math_stories=1500, n_code_docs=2200,
+                 n_math_worked=300, n_code_composed=300,
                  n_math_train=4000, n_math_test=300, n_math_val=150, n_math_cpt=4000, max_math_steps=3,
                  n_code_train=1800, n_code_test=210, n_code_val=120, n_code_cpt=3000, n_mc=200, n_source_heldout=100),
     # 111k pre-training tokens: the whole pipeline in minutes; its numbers mean nothing.
     "tiny": dict(n_people=16, n_first_names=12, n_last_names=12, n_attributes=5, n_templates=4, fact_repetitions=40,
                  max_add_operand=20, max_mul_operand=10, arith_repetitions=4, n_math_stories=200, n_code_docs=150,
+                 n_math_worked=20, n_code_composed=20,
                  n_math_train=200, n_math_test=40, n_math_val=16, n_math_cpt=200, max_math_steps=3,
                  n_code_train=150, n_code_test=30, n_code_val=15, n_code_cpt=150, n_mc=30, n_source_heldout=16),
 }
@@ -29,7 +32,9 @@ class WorldConfig(BaseModel):
 
     fact_repetitions: pre-training documents per person (each states all its facts once, templates cycled);
     arith_repetitions: how often each arithmetic fact of the covered ranges occurs; n_code_docs / n_math_stories:
-    generic code documents and short word stories in pre-training; n_*_cpt: documents for continued pre-training;
+    generic code documents and short word stories in pre-training; n_math_worked / n_code_composed: pre-training
+    documents in the evaluated layouts (worked `Question:`/`#### n` problems; documented composed functions), never
+    a test or validation item; n_*_cpt: documents for continued pre-training;
     n_mc: items per multiple-choice format; n_source_heldout: held-out documents (one person each);
     n_math_val / n_code_val: validation items built like the test items (unseen value combinations, unseen code
     compositions) but disjoint from them and from every training and CPT text: what learning rates are chosen on.
@@ -50,6 +55,8 @@ class WorldConfig(BaseModel):
     arith_repetitions: int | None = None
     n_math_stories: int | None = None
     n_code_docs: int | None = None
+    n_math_worked: int | None = None
+    n_code_composed: int | None = None
     n_math_train: int | None = None
     n_math_test: int | None = None
     n_math_val: int | None = None
