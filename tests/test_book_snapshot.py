@@ -59,7 +59,10 @@ def test_the_landing_page_says_how_many_verdicts_each_replicate_keeps(snapshot_b
     intro = html_lib.unescape((html / "intro.html").read_text()).replace("\u2019", "'")
     intro = intro[intro.index("<article"):intro.index("</article>")]  # the page, not its tables of contents
     replicates = replicate_layouts("mini")
-    assert replicates
+    if not replicates:  # no other run of this study is committed: the page claims no comparison
+        assert "Does a verdict survive another base model?" not in intro
+        assert "Verdicts that every base model gives" not in intro
+        return
     claims = pd.read_csv(SNAPSHOT.claims_table)
     kept = settled(claims, [pd.read_csv(r.claims_table) for r in replicates])
     assert f"Of {len(claims)} claims, {len(kept)} are decided, and decided the same way, on every base" in intro

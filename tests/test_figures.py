@@ -366,3 +366,19 @@ def test_figures_fit_the_books_width_with_their_legends():
         assert width <= 10.0, f"{name} is {width:.1f} in wide"
     three = figures["3 metrics"]
     assert three.legends and not any(ax.get_legend() for ax in three.axes)  # below the row, not beside it
+
+
+def test_a_trade_off_path_of_equal_seeds_draws_even_when_their_mean_rounds_outside_them() -> None:
+    """Three seeds that all score 0.1 average to 0.10000000000000002 > their max: the error bar is zero, not an
+    error (the mini study's chapter 10 stopped on it once)."""
+    import matplotlib.pyplot as plt
+
+    from lorastudy.figures.style import seed_path
+
+    rows = pd.DataFrame({"duration": [1.0] * 3 + [2.0] * 3, "x": [0.1] * 3 + [0.2, 0.3, 0.4],
+                         "y": [0.7] * 3 + [0.5, 0.6, 0.7]})
+    assert rows[rows.duration == 1.0].x.mean() > 0.1
+    fig, ax = plt.subplots()
+    _, stats = seed_path(ax, rows, "x", "y")
+    plt.close(fig)
+    assert list(stats.n) == [3, 3]

@@ -42,3 +42,22 @@ def test_headroom_flags_the_ceiling_the_floor_and_chance() -> None:
     assert room.loc["full", "at_ceiling"] and room.loc["full", "near_chance"] and not room.loc["full", "near_base"]
     assert room.loc["LoRA r=4", "near_base"] and not room.loc["LoRA r=4", "at_ceiling"]
     assert room.loc["full", "chance"] == pytest.approx((0.25 + 0.25 + 0.5) / 3, abs=0.02)
+
+
+def test_nll_readings_put_the_answer_and_the_eos_reading_side_by_side() -> None:
+    from lorastudy.analysis.completions import nll_readings
+
+    def row(run_id, method, rank, duration, metric, value, regime="ift"):
+        return {"run_id": run_id, "method": method, "lora_rank": rank, "domain": "code" if run_id != "base" else None,
+                "regime": regime if run_id != "base" else None, "duration": duration, "metric": metric, "value": value}
+
+    grid = pd.DataFrame([
+        row("base", "base", None, 0, "answer_nll_code", 2.0), row("base", "base", None, 0, "answer_eos_nll_code", 3.0),
+        row("f0", "full", None, 1, "answer_nll_code", 1.5), row("f0", "full", None, 2, "answer_nll_code", 1.0),
+        row("f0", "full", None, 2, "answer_eos_nll_code", 1.1), row("f1", "full", None, 2, "answer_nll_code", 1.2),
+        row("f1", "full", None, 2, "answer_eos_nll_code", 1.3), row("l0", "lora", 8, 2, "answer_nll_code", 1.8),
+        row("l0", "lora", 8, 2, "answer_eos_nll_code", 2.5), row("f0", "full", None, 2, "learning_code", 0.4)])
+    table = nll_readings(grid)
+    assert list(table.arm) == ["base", "full", "LoRA r=8"] and set(table.panel) == {"code IFT"}
+    assert table.answer.tolist() == pytest.approx([2.0, 1.1, 1.8])  # the longest duration, mean over seeds
+    assert table.with_eos.tolist() == pytest.approx([3.0, 1.2, 2.5])

@@ -108,6 +108,27 @@ def test_the_tiny_book_builds_with_warnings_as_errors(uninterrupted: Path, tmp_p
     assert (html / "14_sensitivity.html").is_file()
 
 
+def test_chapter_10_keeps_what_the_base_and_each_main_grid_run_wrote(uninterrupted: Path) -> None:
+    """The completions summary the snapshot carries: the base's first items in both domains, each main-grid run's
+    at its longest checkpoint, word for word as its evaluation wrote them, with the scorer's verdict."""
+    from lorastudy.analysis.learning_forgetting import main_grid
+    from lorastudy.io import read_jsonl
+
+    layout = Layout(uninterrupted)
+    sample = pd.read_parquet(layout.summary_table("10_learning_forgetting-completions"))
+    base = sample[sample.run_id == "base"]
+    assert set(base.domain) == {"code", "math"} and base.groupby("domain").size().eq(8).all()
+    grid = main_grid(load_profile("tiny"), table(uninterrupted))
+    runs = set(grid.run_id) - {"base"}
+    assert set(sample.run_id) == {"base", *runs}
+    run_id = sorted(r for r in runs if r.startswith("math-"))[0]
+    longest = grid[grid.run_id == run_id].sort_values("duration").checkpoint.iloc[-1]
+    written = read_jsonl(layout.run(run_id).eval_outputs(longest) / "math_predictions.jsonl")[:8]
+    mine = sample[sample.run_id == run_id]
+    assert list(mine.completion) == [w["completion"] for w in written]
+    assert list(mine.correct) == [w["strict_correct"] for w in written]
+
+
 def test_rerun_skips_finished_runs(uninterrupted: Path, env: dict[str, str]) -> None:
     before = {p: p.stat().st_mtime for p in uninterrupted.glob("runs/*/results.json")}
     proc = sweep(["tiny", "--output", str(uninterrupted), "--no-analyses"], env, timeout=300)

@@ -6,7 +6,7 @@ so that forgetting can be measured; its source multiple-choice accuracy is print
 
 The repository ships the mini base the committed results were fine-tuned from (resources/bases/, with the
 fingerprint of the world it was pre-trained on and a checksum per file). Another CPU rounds pre-training's sums
-differently, and 708 steps turn that into another base model that moves a third of the verdicts; so a fresh
+differently, and 1,442 steps turn that into another base model that moves many verdicts; so a fresh
 clone whose generated world is the same fine-tunes the shipped weights, and `lorastudy base mini --rebuild`
 pre-trains them here instead.
 """

@@ -230,9 +230,11 @@ def seed_path(ax: Axes, rows: pd.DataFrame, x: str, y: str, *, by: str = "durati
     (line,) = ax.plot(stats[x], stats[y], **kw)
     multi = stats[stats.n > 1]
     if len(multi):
+        def spread(col: str) -> list[pd.Series]:  # the mean of equal seeds can sit an ulp outside their min and max
+            return [(multi[col] - multi[f"{col}_min"]).clip(lower=0), (multi[f"{col}_max"] - multi[col]).clip(lower=0)]
+
         ax.errorbar(multi[x], multi[y], fmt="none", ecolor=line.get_color(), elinewidth=0.9, alpha=0.6, capsize=0,
-                    xerr=[multi[x] - multi[f"{x}_min"], multi[f"{x}_max"] - multi[x]],
-                    yerr=[multi[y] - multi[f"{y}_min"], multi[f"{y}_max"] - multi[y]], zorder=2)
+                    xerr=spread(x), yerr=spread(y), zorder=2)
     return line, stats
 
 
