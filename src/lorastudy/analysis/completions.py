@@ -93,4 +93,4 @@ def nll_readings(grid: pd.DataFrame) -> pd.DataFrame:
     order = lambda a: (a != "base", a != "full", len(a), a)  # noqa: E731 - a sort key
     frame = pd.concat(out, ignore_index=True)
     frame = frame.iloc[sorted(range(len(frame)), key=lambda i: (frame.panel[i], order(frame.arm[i])))]
-    return frame[["panel", "arm", "answer", "with_eos"]].reset_index(drop=True)
+    return frame[["panel", "arm", "answer", "with_eos"]].rename_axis(columns=None).reset_index(drop=True)
