@@ -27,8 +27,9 @@ def test_cost_follows_training_work() -> None:
     r1, r8 = (spec_of(mini, domain="code", regime="ift", method="lora", lora_rank=r) for r in (1, 8))
     cpt = spec_of(mini, domain="code", regime="cpt", method="full")
     assert run_cost(mini, full, records) < run_cost(mini, r1, records) < run_cost(mini, r8, records)
-    # IFT: 2 epochs x 600 examples, at most 128 tokens each, plus the cooldowns of 0.5 and 1 epoch (20% each)
-    assert run_cost(mini, full, records) == pytest.approx(2 * 600 * 128 * (1 + 0.2 * 1.5 / 2))
+    # IFT: 2 epochs x 600 examples, at most seq_len (256) tokens each, plus the cooldowns of 0.5 and 1 epoch (20% each)
+    seq_len = mini.training.for_task("code", "ift").seq_len
+    assert seq_len == 256 and run_cost(mini, full, records) == pytest.approx(2 * 600 * seq_len * (1 + 0.2 * 1.5 / 2))
     assert run_cost(mini, cpt, None) == pytest.approx(200_000 * (1 + 0.2 * 150_000 / 200_000))
     assert run_cost(mini, full, None) is None
 
