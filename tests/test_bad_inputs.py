@@ -96,37 +96,28 @@ def _cases(tmp_path: Path, good: dict, required: list[str]) -> dict[str, tuple[P
     }
 
 
+# each scoring command: its file options, each with a good row and the key a broken one lacks
+COMMANDS = {"humaneval": {"samples": (GOOD_SAMPLE, ["completion"]), "problems": (PROBLEM, ["prompt"])},
+            "gsm8k": {"predictions": (PREDICTION, ["completion"]), "references": (REFERENCE, ["answer"])}}
+
+
 @pytest.mark.parametrize("case", ["broken", "missing", "empty"])
-def test_eval_humaneval_refuses_bad_samples_and_problems_in_one_line(tmp_path: Path, case: str, capsys) -> None:
-    problems = write_lines(tmp_path / "problems.jsonl", [json.dumps(PROBLEM)])
-    samples = write_lines(tmp_path / "samples.jsonl", [json.dumps(GOOD_SAMPLE)])
-    for kind, (good, required) in {"samples": (GOOD_SAMPLE, ["completion"]),
-                                    "problems": (PROBLEM, ["prompt"])}.items():
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_eval_commands_refuse_each_bad_file_in_one_line(tmp_path: Path, command: str, case: str, capsys) -> None:
+    """`lorastudy eval humaneval` (--samples, --problems) and `eval gsm8k` (--predictions, --references): each file
+    in turn broken, lacking a key or empty, the other good."""
+    options = COMMANDS[command]
+    good = {kind: write_lines(tmp_path / f"{kind}.jsonl", [json.dumps(row)]) for kind, (row, _) in options.items()}
+    for kind, (row, required) in options.items():
         folder = tmp_path / kind
         folder.mkdir(exist_ok=True)
-        bad, message = _cases(folder, good, required)[case]
-        paths = {"samples": samples, "problems": problems, kind: bad}
-        code, err = _run(["eval", "humaneval", "--samples", str(paths["samples"]), "--problems",
-                          str(paths["problems"]), "--out", str(tmp_path / "out.json")], capsys)
+        bad, message = _cases(folder, row, required)[case]
+        paths = {**good, kind: bad}
+        flags = [x for k, path in paths.items() for x in (f"--{k}", str(path))]
+        code, err = _run(["eval", command, *flags, "--out", str(tmp_path / "out.json")], capsys)
         assert code == 2, (kind, err)
         assert err.count("\n") == 1 and err.startswith("error: ") and message in err, (kind, err)
         assert not (tmp_path / "out.json").exists()
-
-
-@pytest.mark.parametrize("case", ["broken", "missing", "empty"])
-def test_eval_gsm8k_refuses_bad_predictions_and_references_in_one_line(tmp_path: Path, case: str, capsys) -> None:
-    references = write_lines(tmp_path / "references.jsonl", [json.dumps(REFERENCE)])
-    predictions = write_lines(tmp_path / "predictions.jsonl", [json.dumps(PREDICTION)])
-    for kind, (good, required) in {"predictions": (PREDICTION, ["completion"]),
-                                    "references": (REFERENCE, ["answer"])}.items():
-        folder = tmp_path / kind
-        folder.mkdir(exist_ok=True)
-        bad, message = _cases(folder, good, required)[case]
-        paths = {"predictions": predictions, "references": references, kind: bad}
-        code, err = _run(["eval", "gsm8k", "--predictions", str(paths["predictions"]), "--references",
-                          str(paths["references"]), "--out", str(tmp_path / "out.json")], capsys)
-        assert code == 2, (kind, err)
-        assert err.count("\n") == 1 and message in err, (kind, err)
 
 
 def test_a_prediction_for_another_file_names_its_line(tmp_path: Path, capsys) -> None:

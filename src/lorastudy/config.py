@@ -294,21 +294,21 @@ def format_errors(err: ValidationError, source: str, overridden: tuple[str, ...]
     """One line per problem: the dotted key, the file's line where it is written (where this file has it and no
     override replaced it), what is wrong and what was given."""
     lines = [f"invalid profile {source}:"]
+    try:
+        tree = yaml.compose(Path(source).read_text(encoding="utf-8"))  # once, for every error's line
+    except (OSError, yaml.YAMLError):
+        tree = None
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         replaced = any(loc == key or loc.startswith(key + ".") for key in overridden)
-        line = None if replaced else _line_of(Path(source), e["loc"])
+        line = None if replaced else _line_of(tree, e["loc"])
         at = f" (line {line})" if line else ""
         lines.append(f"  {loc}{at}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
-def _line_of(path: Path, loc: tuple[Any, ...]) -> int | None:
-    """The line of `path` that writes the deepest key of `loc` the file has (None when it has none of it)."""
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The line of the composed profile `node` that writes the deepest key of `loc` it has (None when none)."""
     line = None
     for part in loc:
         if isinstance(node, yaml.MappingNode):

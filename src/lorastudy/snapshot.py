@@ -92,14 +92,14 @@ def _listed(root: Path) -> list[str]:
     return found
 
 
-def verify(root: Path, restore: str | None = None) -> bool:
+def verify(root: Path) -> bool:
     """Check every file a snapshot's provenance records (size, then sha256); raise SnapshotDamaged naming the
     first that differs and how to restore it. False when the provenance records no files (a snapshot taken
     before the record, which cannot be checked), True when all match."""
     root = Path(root)
     if not (root / "provenance.json").is_file():
         return False
-    fix = restore or _restore_hint(root)
+    fix = _restore_hint(root)
     try:
         files = read_json(root / "provenance.json").get("files")
     except ValueError as err:
@@ -141,8 +141,8 @@ def _restore_hint(root: Path) -> str:
 
 def verify_inputs(profile_name: str, layout: Layout) -> None:
     """What a chapter or the book reads besides a sweep's own output: the output folder when it was seeded from
-    a snapshot and has no runs of its own, the committed snapshot when the folder has no results yet (it is about
-    to be seeded), and the replicate snapshots the landing page compares with."""
+    a snapshot and has no runs of its own, the committed snapshot (whether or not this folder reads it), and the
+    replicate snapshots the landing page compares with."""
     if is_seeded(layout):
         verify(layout.root)
     verify(snapshot_layout(profile_name).root)  # a damaged committed snapshot stops the book whichever copy it reads

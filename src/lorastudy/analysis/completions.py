@@ -50,12 +50,11 @@ def completions_table(sample: pd.DataFrame, grid: pd.DataFrame, items: int = 4) 
     runs = runs[runs.seed == runs.seed.min()]
     rows = []
     for (domain, regime), group in runs.groupby(["domain", "regime"], sort=True):
-        arms = {rid: ("full" if m == "full" else f"LoRA r={int(r)}")
-                for rid, m, r in zip(group.run_id, group.method, group.lora_rank)}
+        arms = {rid: _arm(rid, m, r) for rid, m, r in zip(group.run_id, group.method, group.lora_rank)}
         shown = sample[(sample.domain == domain) & sample.run_id.isin([BASE_ID, *arms])]
         for item in list(dict.fromkeys(shown[shown.run_id == BASE_ID].item))[:items]:
             row = {"panel": f"{domain} {regime.upper()}", "item": item}
-            for rid in [BASE_ID, *sorted(arms, key=lambda k: (arms[k] != "full", len(arms[k]), arms[k]))]:
+            for rid in [BASE_ID, *sorted(arms, key=lambda k: _arm_order(arms[k]))]:
                 hit = shown[(shown.run_id == rid) & (shown.item == item)]
                 if len(hit):
                     mark = "✓ " if hit.correct.iloc[0] else "✗ "
@@ -79,8 +78,7 @@ def nll_readings(grid: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["panel", "arm", "answer", "with_eos"])
     rows["reading"] = rows.metric.str.startswith("answer_eos_nll_").map({True: "with_eos", False: "answer"})
     rows["domain"] = rows.metric.str.rsplit("_", n=1).str[-1]
-    rows["arm"] = [("base" if rid == BASE_ID else "full" if m == "full" else f"LoRA r={int(r)}")
-                   for rid, m, r in zip(rows.run_id, rows.method, rows.lora_rank)]
+    rows["arm"] = [_arm(rid, m, r) for rid, m, r in zip(rows.run_id, rows.method, rows.lora_rank)]
     base = rows[rows.run_id == BASE_ID]
     runs = rows[rows.run_id != BASE_ID]
     runs = runs[runs.duration == runs.groupby(["domain", "regime"]).duration.transform("max")]
@@ -90,7 +88,16 @@ def nll_readings(grid: pd.DataFrame) -> pd.DataFrame:
         both = pd.concat([base[base.domain == domain], group])
         table = both.pivot_table(index="arm", columns="reading", values="value", aggfunc="mean").reset_index()
         out.append(table.assign(panel=panel))
-    order = lambda a: (a != "base", a != "full", len(a), a)  # noqa: E731 - a sort key
     frame = pd.concat(out, ignore_index=True)
-    frame = frame.iloc[sorted(range(len(frame)), key=lambda i: (frame.panel[i], order(frame.arm[i])))]
+    frame = frame.iloc[sorted(range(len(frame)), key=lambda i: (frame.panel[i], _arm_order(frame.arm[i])))]
     return frame[["panel", "arm", "answer", "with_eos"]].rename_axis(columns=None).reset_index(drop=True)
+
+
+def _arm(run_id: str, method: str, rank: Any) -> str:
+    """A run's arm as the chapter names it: base, full, or LoRA r=N."""
+    return "base" if run_id == BASE_ID else "full" if method == "full" else f"LoRA r={int(rank)}"
+
+
+def _arm_order(arm: str) -> tuple:
+    """base, full, then LoRA by rank (r=2 before r=16: shorter labels first)."""
+    return arm != "base", arm != "full", len(arm), arm

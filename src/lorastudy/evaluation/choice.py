@@ -36,9 +36,10 @@ def _requests(tok: Any, items: Sequence[MCItem], shots: int, max_len: int) -> li
     for i, item in enumerate(items):
         prefix = fewshot_prefix(i, items, shots)
         for j, (context, continuation) in enumerate(item.options):
-            ids = prompt_ids(tok, prefix + context) + encode(tok, continuation)
+            cont = encode(tok, continuation)
+            ids = prompt_ids(tok, prefix + context) + cont
             within(len(ids), max_len, f"multiple-choice item {item.id or i}, option {j}")
-            reqs.append((i, j, ids, len(encode(tok, continuation))))
+            reqs.append((i, j, ids, len(cont)))
     return reqs
 
 
