@@ -85,7 +85,7 @@ def fake_output(root: Path, base: LlamaForCausalLM, tok: Any) -> tuple[Profile, 
     rank-2 update) and a finished LoRA run (r = 8)."""
     base.save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
-    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": str(root / "base"),
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.count": 1, "base.model": str(root / "base"),
                                     "base.dtype": "float32"})
     out = root / "out"
     write_run(out, FULL_ID, profile, rank2_update(base))

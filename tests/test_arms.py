@@ -29,7 +29,7 @@ def _run(domain="code", regime="ift", method="lora", rank=None, alpha=None, modu
     rid = f"{domain}-{regime}-{method}-r{rank}-a{alpha}-{modules}-lr{lr:g}-wd{wd:g}-do{do:g}-rs{rslora}-s{seed}"
     run = {"run_id": rid, "domain": domain, "regime": regime, "method": method, "lora_rank": rank,
            "lora_alpha": alpha, "target_modules": modules, "learning_rate": lr, "weight_decay": wd,
-           "attention_dropout": do, "use_rslora": rslora, "seed": seed, "arm": arm, "status": status,
+           "attention_dropout": do, "use_rslora": rslora, "seed": seed, "base_id": f"b{seed}", "arm": arm, "status": status,
            "duration_unit": "epochs"}
     rows = []
     for i, epochs in enumerate(EPOCHS):

@@ -25,13 +25,13 @@ def table(*rows: dict) -> pd.DataFrame:
 
 
 AGREE = {"claim": "full-learns-more/code-ift/r2", "statement": "full FT learns more than LoRA r=2",
-         "panel": "code IFT", "estimate": 0.12, "ci_low": 0.05, "ci_high": 0.19, "n_seeds": 3, "n_items": 30,
+         "panel": "code IFT", "estimate": 0.12, "ci_low": 0.05, "ci_high": 0.19, "n_bases": 3, "n_items": 30,
          "verdict": "agrees", "paper": 0.03}
 AGAINST = {"claim": "lora-forgets-less/math-ift/r8", "statement": "LoRA r=8 forgets less than full FT",
-           "panel": "math IFT", "estimate": -0.2, "ci_low": -0.3, "ci_high": -0.1, "n_seeds": 1, "n_items": 24,
+           "panel": "math IFT", "estimate": -0.2, "ci_low": -0.3, "ci_high": -0.1, "n_bases": 1, "n_items": 24,
            "verdict": "disagrees", "paper": 0.1}
 TIE = {"claim": "matched/code-ift/r2", "statement": "at matched learning LoRA r=2 forgets less",
-       "panel": "code IFT", "estimate": 0.01, "ci_low": -0.05, "ci_high": 0.07, "n_seeds": 2, "n_items": 30,
+       "panel": "code IFT", "estimate": 0.01, "ci_low": -0.05, "ci_high": 0.07, "n_bases": 2, "n_items": 30,
        "verdict": "cannot tell", "paper": np.nan}
 CLAIMS = table(AGREE, AGAINST, TIE)
 
@@ -173,16 +173,16 @@ def test_verdict_text_counts_and_names_the_disagreements() -> None:
 
 def test_verdict_sentences_for_every_kind_of_row() -> None:
     rows = table(AGAINST, {**TIE, "ci_low": np.nan, "ci_high": np.nan},
-                 {**AGREE, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "panel": None, "n_seeds": np.nan})
+                 {**AGREE, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "panel": None, "n_bases": np.nan})
     lines = claims.verdict_sentences(rows, "verdicts").splitlines()
     assert lines[0] == "Of 3 verdicts, 1 agree, 1 disagree, 1 cannot tell." and lines[1] == ""
     assert lines[2] == ("- **disagrees**: math IFT: LoRA r=8 forgets less than full FT (ours -0.200, 95% interval "
-                        "[-0.300, -0.100], 1 seed; paper +0.100).")
-    assert lines[3] == "- **cannot tell**: code IFT: at matched learning LoRA r=2 forgets less (ours +0.010, 2 seeds)."
+                        "[-0.300, -0.100], 1 base; paper +0.100).")
+    assert lines[3] == "- **cannot tell**: code IFT: at matched learning LoRA r=2 forgets less (ours +0.010, 2 bases)."
     assert lines[4] == "- **agrees**: full FT learns more than LoRA r=2 (not measurable here; paper +0.030)."
     assert len(lines) == 5
     unnumbered = claims.verdict_sentences(table({**AGREE, "paper": "n/a"})).splitlines()[2]
-    assert unnumbered.endswith("3 seeds).")  # a paper value that is not a number is left out
+    assert unnumbered.endswith("3 bases).")  # a paper value that is not a number is left out
     assert claims.verdict_sentences(rows.iloc[:0], "verdicts") == "No verdicts could be computed from this profile's runs."
 
 
@@ -191,17 +191,19 @@ def test_rate_dependence_counts_verdicts_that_change_with_loras_other_rate() -> 
     other = [{**AGREE, "claim": "other-rate/" + AGREE["claim"], "verdict": "cannot tell"},
              {**AGAINST, "claim": "other-rate/" + AGAINST["claim"], "verdict": "agrees"}]
     text = claims.rate_dependence_text(table(AGREE, AGAINST, TIE, *other))
-    assert text == ("*LoRA forgets less* agrees in 0 of 1 comparisons at the chosen rates and in 1 at LoRA's other "
-                    "rate (1 verdicts change); *full FT learns more* agrees in 1 of 1 comparisons at the chosen rates "
-                    "and in 0 at LoRA's other rate (1 verdicts change).")
+    assert text == ("*LoRA forgets less* agrees in 0 of 1 comparisons at the chosen rates and in 1 of 1 at LoRA's "
+                    "other rates (1 verdicts change); *full FT learns more* agrees in 1 of 1 comparisons at the chosen "
+                    "rates and in 0 of 1 at LoRA's other rates (1 verdicts change).")
     beyond_base = table({**AGREE, "claim": "cpt-learns/code-cpt"}, {**AGREE, "claim": "other-rate/cpt-learns/code-cpt"})
     assert claims.rate_dependence_text(beyond_base) == ""  # neither LoRA claim to compare
 
 
 def test_compact_view() -> None:
-    view = claims.compact(table(AGREE, {**TIE, "estimate": np.nan, "n_seeds": np.nan}))
-    assert list(view.columns) == ["panel", "claim", "ours [95% interval]", "seeds", "verdict", "paper"]
-    assert view.iloc[0].tolist() == ["code IFT", AGREE["statement"], "+0.120 [+0.050, +0.190]", "3", "agrees",
+    view = claims.compact(table(AGREE, {**TIE, "estimate": np.nan, "n_bases": np.nan}))
+    assert list(view.columns) == ["panel", "claim", "ours [95% interval]", "bases", "per base", "verdict", "paper"]
+    assert view.iloc[0].tolist() == ["code IFT", AGREE["statement"], "+0.120 [+0.050, +0.190]", "3", "", "agrees",
                                      "+0.030"]
-    assert view.iloc[1].tolist() == ["code IFT", TIE["statement"], "untestable", "", "cannot tell", ""]
+    assert view.iloc[1].tolist() == ["code IFT", TIE["statement"], "untestable", "", "", "cannot tell", ""]
+    spread = claims.compact(table({**AGREE, "per_base": "+0.1000 +0.0500 +0.2100"}))
+    assert spread["per base"].tolist() == ["+0.1000 +0.0500 +0.2100"]
     assert claims.compact(table({**AGREE, "paper": "n/a"})).paper.tolist() == [""]

@@ -187,7 +187,11 @@ def test_task_overrides_change_only_their_task_and_only_the_keys_they_set() -> N
 def test_cross_field_rules() -> None:
     with pytest.raises(ConfigError, match="a pretrained base needs `model`"):
         load_profile("tiny", {"base.kind": "pretrained"})
-    assert load_profile("tiny", {"base.kind": "pretrained", "base.model": "some/model"}).base.model == "some/model"
+    pretrained = {"base.kind": "pretrained", "base.model": "some/model"}
+    with pytest.raises(ConfigError, match="a pretrained base is one model"):  # tiny's two mini bases
+        load_profile("tiny", pretrained)
+    assert load_profile("tiny", {**pretrained, "base.count": 1}).base.model == "some/model"
+    assert load_profile("mini").base.index(4) == 1  # seed 4 of 3 bases
     with pytest.raises(ConfigError, match="select_learning_rate needs a name and at least two"):
         load_profile("tiny", {"sweep": [{"name": "x", "method": "full", "learning_rate": 1e-3,
                                          "select_learning_rate": True}]})

@@ -19,7 +19,7 @@ def _rows(run_id: str, method: str, rank: float | None, learn: float, keep: floa
               "arm": "base" if method == "base" else method, "status": "completed", "duration": duration,
               "checkpoint": f"epochs-{duration:g}", "learning_rate": 1e-3, "lora_alpha": None if rank is None else 2 * rank,
               "target_modules": None if rank is None else "all", "weight_decay": 0.0, "attention_dropout": 0.0,
-              "use_rslora": False, "optimizer": "adamw", "seed": 0}
+              "use_rslora": False, "optimizer": "adamw", "seed": 0, "base_id": "b0"}
     return [{**common, "metric": "learning_code", "value": learn}, {**common, "metric": "forgetting_avg", "value": keep}]
 
 
@@ -38,7 +38,8 @@ def test_ranks_are_reported_as_shares_of_the_width_and_of_the_parameters(tmp_pat
 def test_headroom_flags_the_ceiling_the_floor_and_chance() -> None:
     df = pd.DataFrame(_rows("base", "base", None, 0.01, 0.95, duration=0.0) + _rows("full", "full", None, 0.99, 0.34)
                       + _rows("lora", "lora", 4, 0.03, 0.9))
-    room = headroom(df, load_profile("tiny")).set_index("arm")  # tiny: these arms choose no rate on validation
+    room = headroom(df, pd.DataFrame(columns=["run_id", "checkpoint", "metric", "item", "value"]),
+                    load_profile("tiny")).set_index("arm")  # tiny: these arms choose no rate on validation
     assert room.loc["full", "at_ceiling"] and room.loc["full", "near_chance"] and not room.loc["full", "near_base"]
     assert room.loc["LoRA r=4", "near_base"] and not room.loc["LoRA r=4", "at_ceiling"]
     assert room.loc["full", "chance"] == pytest.approx((0.25 + 0.25 + 0.5) / 3, abs=0.02)

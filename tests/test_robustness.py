@@ -111,6 +111,6 @@ def test_settled_claims_are_decided_alike_on_every_base() -> None:
     assert settled(HERE, [third.assign(verdict="disagrees")]).claim.tolist() == ["lora-forgets-less/math-ift/r8"]
     assert settled(HERE, []).claim.tolist() == [c for c, v in zip(HERE.claim, HERE.verdict) if v != "cannot tell"]
     text = settled_section(settled(HERE, [THERE, third]), len(HERE), ["mini-replicate", "mini-replicate-2"])
-    assert "2 other base models (`mini-replicate`, `mini-replicate-2`" in text and "Of 6 claims, 1 are" in text
+    assert "2 other hosts (`mini-replicate`, `mini-replicate-2`" in text and "Of 6 claims, 1 are" in text
     assert "full-learns-more/code-ift/r2" in text and "agrees" in text and "+0.100 [+0.050, +0.150]" in text
     assert settled_section(settled(HERE, []), len(HERE), []) == ""

@@ -55,7 +55,7 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     shutil.copytree(world, tmp_path / "cache" / world.name)
     built: list[Path] = []
 
-    def pretrain(profile, out, progress=True):
+    def pretrain(profile, out, seed=0, progress=True):
         out.mkdir(parents=True)
         (out / "base.json").write_text("{}")
         built.append(out)
@@ -121,3 +121,32 @@ def test_a_base_pre_trained_here_stays_and_is_never_shipped_twice(mini, shipped:
     base.base_source(mini)  # the shipped one, installed
     with pytest.raises(ValueError, match="is the shipped base"):
         base.ship(mini, "some-commit")
+
+
+def test_every_mini_base_ships_and_each_is_its_own_model(mini) -> None:
+    """The study's random unit: B bases pre-trained from seeds 0..B-1, each shipped with its checksums; a run's
+    seed selects its base."""
+    folders = [base.SHIPPED / base.mini_base_dir(mini, i).name for i in range(mini.base.count)]
+    assert mini.base.count >= 3 and all((f / base.MANIFEST).is_file() for f in folders)
+    assert len({base.file_sha256(f / "model.safetensors") for f in folders}) == mini.base.count
+    assert [json.loads((f / "base.json").read_text()).get("seed", 0) for f in folders] == list(range(mini.base.count))
+    assert [mini.base.index(s) for s in mini.seeds] == list(range(mini.base.count))
+    with pytest.raises(ValueError, match=f"no base {mini.base.count}"):
+        base.base_source(mini, index=mini.base.count)
+
+
+def test_a_sweep_refuses_runs_fine_tuned_from_other_weights(mini, tmp_path: Path) -> None:
+    from lorastudy.layout import Layout
+    from lorastudy.plan import plan_runs
+    from lorastudy.results import stale_runs
+
+    spec = next(s for s in plan_runs(mini) if s.seed == 1)
+    record = Layout(tmp_path).run(spec.run_id).train_record
+    record.parent.mkdir(parents=True)
+    current = base.base_record(mini, 1)
+    record.write_text(json.dumps({"base": current}))
+    assert stale_runs(mini, tmp_path) == {}
+    record.write_text(json.dumps({"base": {**current, "sha256": "0" * 64}}))  # a rebuilt base 1
+    assert list(stale_runs(mini, tmp_path)) == [spec.run_id]
+    record.write_text(json.dumps({}))  # trained before runs recorded their base
+    assert "an unrecorded base" in stale_runs(mini, tmp_path)[spec.run_id]

@@ -20,7 +20,7 @@ import yaml
 from lorastudy.config import load_profile
 from lorastudy.layout import EVALUATE_NOTEBOOK, Layout
 from lorastudy.plan import plan_runs
-from lorastudy.results import collect, collect_items
+from lorastudy.results import collect, collect_items, selection_items
 from lorastudy.tuning import runs_to_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,17 +57,20 @@ def test_the_terminal_shows_base_progress_and_a_line_per_run(uninterrupted: Path
     text = TERMINAL["uninterrupted"]
     assert "base pre-training" in text and "tokens/s" in text  # the bar read from the Trainer's progress file
     assert "running over TCP" not in text  # kernel noise stays in the logs
-    runs = runs_to_train(load_profile("tiny"), table(uninterrupted))
+    runs = runs_to_train(load_profile("tiny"), table(uninterrupted), selection_items(load_profile("tiny"), uninterrupted))
     for spec in runs:
         assert f"[run] {spec.run_id} (" in text and f"learning_{spec.domain} " in text
 
 
 def test_sweep_runs_every_notebook_and_writes_results(uninterrupted: Path) -> None:
     profile = load_profile("tiny")
-    runs = runs_to_train(profile, table(uninterrupted))
-    # of the learning-rate candidates' second seeds, only the rate chosen on validation trained
+    runs = runs_to_train(profile, table(uninterrupted), selection_items(profile, uninterrupted))
+    # of the learning-rate candidates' second seeds (the two listed rates and the two beyond the edges), only the
+    # rate chosen on validation trained; the low edge trained only if the best listed rate was the lowest
     waiting = [s for s in plan_runs(profile) if s.selection == "seed"]
-    assert len(waiting) == 2 and sum((uninterrupted / "runs" / s.run_id).exists() for s in waiting) == 1
+    assert len(waiting) == 4 and sum((uninterrupted / "runs" / s.run_id).exists() for s in waiting) == 1
+    chosen = next(s for s in waiting if (uninterrupted / "runs" / s.run_id).exists())
+    assert chosen.run_id in {s.run_id for s in runs}
     assert (uninterrupted / "base" / "00_base_model.ipynb").is_file()
     for spec in runs:
         d = uninterrupted / "runs" / spec.run_id

@@ -62,7 +62,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Any:
     model = random_llama(tok)
     model.save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
-    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": str(root / "base"),
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.count": 1, "base.model": str(root / "base"),
                                     "base.dtype": "float32"})
     yield SimpleNamespace(root=root, world=world, tok=tok, model=model, profile=profile)
     patch.undo()
@@ -119,7 +119,7 @@ def test_math_prompts_are_k_shot_from_the_training_split(tiny, monkeypatch) -> N
 
 def test_one_shot_from_a_training_set_of_problems(tiny) -> None:
     """A math training set read as GSM8K problems (not instruction pairs) gives its shots the same way."""
-    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.count": 1, "base.model": tiny.profile.base.model,
                                     "eval.learning.math.shots": 1,
                                     "data.math.ift": {"adapter": "gsm8k", "source": "{world}/math_train.jsonl"}})
     test = load_spec(profile, profile.eval.learning["math"].dataset)[:3]
@@ -136,7 +136,7 @@ def test_items_without_ids_are_named_by_position() -> None:
 
 
 def test_zero_shots_give_the_plain_prompt(tiny) -> None:
-    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.count": 1, "base.model": tiny.profile.base.model,
                                     "eval.learning.math.shots": 0})
     test = load_spec(profile, profile.eval.learning["math"].dataset)[:2]
     _, pairs = evaluation.reference_answers(profile, "math", test)
@@ -144,7 +144,7 @@ def test_zero_shots_give_the_plain_prompt(tiny) -> None:
 
 
 def test_code_prompts_are_the_task_prompts_and_sampling_follows_the_profile(tiny, monkeypatch) -> None:
-    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.count": 1, "base.model": tiny.profile.base.model,
                                     "eval.learning.code.n_samples": 3, "eval.learning.code.temperature": 0.7,
                                     "eval.learning.code.top_p": 0.9, "eval.learning.code.ks": [1, 2]})
     cfg = profile.eval.learning["code"]
@@ -162,7 +162,7 @@ def test_code_prompts_are_the_task_prompts_and_sampling_follows_the_profile(tiny
 def test_several_code_samples_are_scored_each_and_pass_at_k_follows_the_profile(tiny, monkeypatch) -> None:
     """Three samples per task, the first and last right: pass@1 is 2/3 per task, pass@2 is 1 (one wrong sample
     cannot fill two draws); the sandbox is asked for the profile's ks and timeout; distinct completions counted."""
-    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.count": 1, "base.model": tiny.profile.base.model,
                                     "eval.learning.code.n_samples": 3, "eval.learning.code.temperature": 0.7,
                                     "eval.learning.code.ks": [1, 2], "eval.learning.code.timeout": 2.5,
                                     "eval.learning.code.dataset.limit": 4})
@@ -261,7 +261,7 @@ class FakeChoice:
 def test_forgetting_avg_is_the_mean_of_each_sets_named_metric(tiny, monkeypatch) -> None:
     """tiny scores HellaSwag and ARC by acc_norm and WinoGrande by acc: with those at 1, 0.5 and 0.25 (and the
     other metric of each set elsewhere), forgetting_avg is their mean, 0.5833."""
-    profile = load_profile("tiny", {"base.kind": "pretrained", "base.model": tiny.profile.base.model,
+    profile = load_profile("tiny", {"base.kind": "pretrained", "base.count": 1, "base.model": tiny.profile.base.model,
                                     "base.dtype": "float32", "eval.forgetting.arc_challenge.shots": 3,
                                     "training.seq_len": 32})
     fake = FakeChoice(profile, {"hellaswag": (0.0, 1.0), "arc_challenge": (1.0, 0.5), "winogrande": (0.25, 0.75)})

@@ -42,23 +42,38 @@ PRETRAINED_HERE = "pretrained-here"  # marks a cached base pre-trained on this m
 log = logging.getLogger(__name__)
 
 
-def mini_base_dir(profile: Profile) -> Path:
-    """Cache folder of the mini base, keyed by everything that shapes it."""
+def mini_base_dir(profile: Profile, index: int = 0) -> Path:
+    """Cache folder of mini base `index` (pre-trained from seed `index`), keyed by everything that shapes it."""
     b = profile.base
-    key = config_hash([BASE_VERSION, b.world.model_dump(), b.architecture.model_dump(), b.pretrain.model_dump()])
-    return base_cache(key)
+    recipe = [BASE_VERSION, b.world.model_dump(), b.architecture.model_dump(), b.pretrain.model_dump()]
+    return base_cache(config_hash(recipe if index == 0 else [*recipe, {"seed": index}]))  # base 0 keeps its key
 
 
-def base_source(profile: Profile, *, rebuild: bool = False) -> str:
-    """Hub id or local folder of the base model: the mini base from the cache, else the shipped one if it was
+def base_id(profile: Profile, index: int = 0) -> str:
+    """A base's name in results (`base_id`): the mini base's cache key, or the pretrained model's id."""
+    return mini_base_dir(profile, index).name if profile.base.kind == "mini" else str(profile.base.model)
+
+
+def base_record(profile: Profile, index: int = 0) -> dict[str, Any]:
+    """What a run records of the base it fine-tunes: index, id and the sha256 of its weights (None for a hub
+    model), so that a sweep can refuse runs fine-tuned from weights that are no longer the base."""
+    weights = Path(base_source(profile, index=index)) / "model.safetensors"
+    return {"index": index, "id": base_id(profile, index),
+            "sha256": file_sha256(weights) if weights.is_file() else None}
+
+
+def base_source(profile: Profile, *, rebuild: bool = False, index: int = 0) -> str:
+    """Hub id or local folder of base `index`: the mini base from the cache, else the shipped one if it was
     pre-trained on this world, else (or with `rebuild`) pre-trained here."""
     if profile.base.kind == "pretrained":
         return str(profile.base.model)
-    path = mini_base_dir(profile)
+    if not 0 <= index < profile.base.count:
+        raise ValueError(f"profile {profile.name!r} has {profile.base.count} base(s): no base {index}")
+    path = mini_base_dir(profile, index)
     cached = (path / "base.json").is_file()
     if cached and not rebuild and ((path / MANIFEST).is_file() or (path / PRETRAINED_HERE).is_file()):
         return str(path)  # installed or pre-trained here: no checksum on this path, every model load takes it
-    shipped = None if rebuild else shipped_base(profile)  # checked once: it hashes the world and the weights
+    shipped = None if rebuild else shipped_base(profile, index)  # checked once: it hashes the world and the weights
     if shipped is not None:
         if cached:  # a cache from before bases shipped: the shipped one replaces it
             log.warning("mini base: replacing a cached base pre-trained here before bases shipped with the shipped "
@@ -66,7 +81,7 @@ def base_source(profile: Profile, *, rebuild: bool = False) -> str:
         install(shipped, path)
         return str(path)
     if rebuild or not cached:
-        build_mini_base(profile, path)
+        build_mini_base(profile, path, seed=index)
     (path / PRETRAINED_HERE).write_text("pre-trained on this machine, not the shipped base\n")
     return str(path)
 
@@ -79,10 +94,10 @@ def world_fingerprint(world: Path) -> str:
     return digest.hexdigest()
 
 
-def shipped_base(profile: Profile) -> Path | None:
+def shipped_base(profile: Profile, index: int = 0) -> Path | None:
     """The shipped mini base of this recipe, if there is one and it was pre-trained on the world this machine
     generates (else fine-tuning would read it with another tokenizer); a file that fails its checksum is an error."""
-    folder = SHIPPED / mini_base_dir(profile).name
+    folder = SHIPPED / mini_base_dir(profile, index).name
     if not (folder / MANIFEST).is_file():
         return None
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -106,10 +121,10 @@ def install(shipped: Path, out: Path) -> None:
     log.info("mini base: the shipped one (%s)", shipped.name)
 
 
-def ship(profile: Profile, commit: str) -> Path:
+def ship(profile: Profile, commit: str, index: int = 0) -> Path:
     """Put the cached mini base into resources/bases/ with its world's fingerprint, a checksum per file and where
     it was built (a maintainer's step, after `base --rebuild`, when the recipe or the world changes)."""
-    built = Path(base_source(profile))
+    built = Path(base_source(profile, index=index))
     if (built / MANIFEST).is_file():
         raise ValueError(f"{built} is the shipped base, not one pre-trained here: `lorastudy base "
                          f"{profile.name} --rebuild --ship`")
@@ -135,10 +150,10 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
-def base_info(profile: Profile) -> dict[str, Any]:
+def base_info(profile: Profile, index: int = 0) -> dict[str, Any]:
     """What the mini base's build recorded (base.json: size, tokens, time, loss curve, source accuracy; and for a
     shipped base where it was built), or just the source of a pretrained base."""
-    src = Path(base_source(profile))
+    src = Path(base_source(profile, index=index))
     if not (src / "base.json").is_file():
         return {"source": str(src)}
     info = json.loads((src / "base.json").read_text())
@@ -164,13 +179,14 @@ def world_texts(world: Path) -> list[str]:
     return [s for f in sorted(world.glob("*.jsonl")) for row in read_jsonl(f, allow_empty=True) for s in strings(row)]
 
 
-def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Tokenizer + Llama pre-trained on `pretrain.jsonl`; saved atomically to `out` with base.json."""
+def build_mini_base(profile: Profile, out: Path, *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Tokenizer + Llama pre-trained on `pretrain.jsonl` from `seed` (initialisation and data order); saved
+    atomically to `out` with base.json."""
     arch, pre = profile.base.architecture, profile.base.pretrain
     world = world_dir(profile)
     tok = build_tokenizer(world_texts(world))
     texts = [r["text"] for r in read_jsonl(world / "pretrain.jsonl", required=("text",))]
-    set_seed(0)
+    set_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
         num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_heads,
@@ -182,7 +198,7 @@ def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> di
     steps = max(1, math.ceil(pre.epochs * len(examples) / pre.batch_size))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    args = training_arguments(tmp, lr=pre.learning_rate, batch=pre.batch_size, accum=1, max_steps=steps, seed=0,
+    args = training_arguments(tmp, lr=pre.learning_rate, batch=pre.batch_size, accum=1, max_steps=steps, seed=seed,
                               schedule="cosine", profile=profile, weight_decay=pre.weight_decay, progress=progress,
                               warmup_ratio=pre.warmup_ratio)
     start = time.perf_counter()
@@ -197,7 +213,7 @@ def build_mini_base(profile: Profile, out: Path, *, progress: bool = True) -> di
         "tokens_per_s": ckpt.tokens_seen / wall, "final_loss": next(
             (h["loss"] for h in reversed(ckpt.log_history) if "loss" in h), None),
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in ckpt.log_history if "loss" in h],
-        "world": world.name, "source_mc": source_mc_accuracy(profile, model, tok),
+        "world": world.name, "seed": seed, "source_mc": source_mc_accuracy(profile, model, tok),
     }
     write_json(tmp / "base.json", summary)
     shutil.rmtree(out, ignore_errors=True)

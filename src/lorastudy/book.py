@@ -26,7 +26,8 @@ from lorastudy.executors import plan_workers
 from lorastudy.io import read_json, write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
 from lorastudy.results import RUN_COLUMNS, wide
-from lorastudy.scorecard import CHAPTER_VERDICTS, figure_labels, replicate_section, scorecard, settled_section
+from lorastudy.scorecard import (CHAPTER_VERDICTS, bases_section, figure_labels, replicate_section, scorecard,
+                                 settled_section)
 from lorastudy.snapshot import describe, from_snapshot, seed, stale_copy, verify_inputs
 from lorastudy.sweep import run_analyses
 
@@ -106,6 +107,7 @@ def assemble(profile_name: str, out_root: Path, *, book_dir: Path = BOOK_DIR) ->
         claims = pd.read_csv(layout.claims_table)
         with (src / "intro.md").open("a", encoding="utf-8") as f:
             f.write(scorecard(profile_name, claims, labels, verdicts))
+            f.write(bases_section(claims))
             f.write(_replicate(profile_name, layout, claims))
     toc = _toc([p for p in PAGES_BEFORE if (src / f"{p}.md").is_file()],
                chapters,

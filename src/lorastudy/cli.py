@@ -69,20 +69,21 @@ def cmd_base(args: argparse.Namespace) -> int:
     from lorastudy.base import base_info, base_source, ship
 
     profile = _profile(args)
-    print(f"base model: {base_source(profile, rebuild=args.rebuild)}")
+    indices = [args.index] if args.index is not None else list(range(profile.base.count))
     from lorastudy.layout import Layout
+    from lorastudy.provenance import git_state
 
+    for index in indices:
+        print(f"base model {index}: {base_source(profile, rebuild=args.rebuild, index=index)}")
+        if args.ship:
+            print(f"shipped as {ship(profile, git_state()['commit'] or 'unknown', index)}")
+        meta = base_info(profile, index)
+        if "parameters" in meta:
+            print(json.dumps({k: meta.get(k) for k in ("parameters", "vocab_size", "pretrain_tokens", "wall_time_s",
+                                                        "source_mc")}, indent=1))
     if args.rebuild and Layout(profile.out_dir()).runs_dir.is_dir():
-        print(f"note: the runs in {profile.out_dir()} were fine-tuned from the base before; remove that folder "
-              "to fine-tune them from this one", file=sys.stderr)
-    if args.ship:
-        from lorastudy.provenance import git_state
-
-        print(f"shipped as {ship(profile, git_state()['commit'] or 'unknown')}")
-    meta = base_info(profile)
-    if "parameters" in meta:
-        print(json.dumps({k: meta.get(k) for k in ("parameters", "vocab_size", "pretrain_tokens", "wall_time_s",
-                                                    "source_mc")}, indent=1))
+        print(f"note: the runs in {profile.out_dir()} were fine-tuned from the bases before; remove that folder "
+              "to fine-tune them from these", file=sys.stderr)
     return 0
 
 
@@ -302,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("base", cmd_base, "build (mini) or locate (pretrained) the base model")
     sp.add_argument("--rebuild", action="store_true", help="pre-train the mini base here, not the shipped one")
     sp.add_argument("--ship", action="store_true", help="copy the mini base into the package (resources/bases/)")
+    sp.add_argument("--index", type=int, help="only base N of the profile's `base.count` (default: every one)")
     add("check", cmd_check, "check GPUs, memory, disk, hub and dataset access before spending compute")
     sp = add("train", cmd_train, "fine-tune one planned run")
     sp.add_argument("run_id")

@@ -1,4 +1,4 @@
-"""Experiment profiles: YAML files validated once into typed models, and the sweep plan with stable run ids.
+"""Experiment profiles: YAML files validated once into typed models (the sweep plan is lorastudy.plan).
 
 A bad value fails here, before any compute, with the key path and what is allowed (pydantic does the
 validation; we only format its errors).
@@ -13,6 +13,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
                       field_validator, model_validator)
 
+from lorastudy.config_errors import format_errors
 from lorastudy.data.world.settings import WorldConfig
 from lorastudy.layout import PROJECT_ROOT, Layout
 
@@ -80,12 +81,18 @@ class Base(_Strict):
     world: WorldConfig = WorldConfig()  # the mini world's sizes (a preset plus overrides); unused by pretrained bases
     architecture: Architecture = Architecture()
     pretrain: Pretrain = Pretrain()
+    count: PositiveInt = 1  # mini bases pre-trained from seeds 0..count-1; a run's seed s fine-tunes base s % count
 
     @model_validator(mode="after")  # not a field validator: it would never see the default (no model at all)
     def _model_given(self) -> "Base":
-        if self.kind == "pretrained" and not self.model:
-            raise ValueError("a pretrained base needs `model` (hub id or local folder)")
+        if self.kind == "pretrained" and (not self.model or self.count != 1):
+            raise ValueError("a pretrained base needs `model` (hub id or local folder)" if not self.model else
+                             "a pretrained base is one model: `count` is for mini bases pre-trained here")
         return self
+
+    def index(self, seed: int) -> int:
+        """The base a run of this seed fine-tunes (B bases cost no more runs than B seeds)."""
+        return seed % self.count
 
 
 class LoraDefaults(_Strict):
@@ -288,40 +295,6 @@ class Profile(_Strict):
                 raise ValueError(f"sweep arm {arm.name!r} chooses its learning rate on validation data, but "
                                  f"eval.validation has no {missing}")
         return self
-
-
-def format_errors(err: ValidationError, source: str, overridden: tuple[str, ...] = ()) -> str:
-    """One line per problem: the dotted key, the file's line where it is written (where this file has it and no
-    override replaced it), what is wrong and what was given."""
-    lines = [f"invalid profile {source}:"]
-    try:
-        tree = yaml.compose(Path(source).read_text(encoding="utf-8"))  # once, for every error's line
-    except (OSError, yaml.YAMLError):
-        tree = None
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        replaced = any(loc == key or loc.startswith(key + ".") for key in overridden)
-        line = None if replaced else _line_of(tree, e["loc"])
-        at = f" (line {line})" if line else ""
-        lines.append(f"  {loc}{at}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The line of the composed profile `node` that writes the deepest key of `loc` it has (None when none)."""
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if found is None:
-                break
-            line, node = found[0].start_mark.line + 1, found[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
 
 
 def profile_path(name_or_path: str | os.PathLike) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from transformers import set_seed
 
+from lorastudy.base import base_record
 from lorastudy.config import Profile
 
 from lorastudy.plan import RunSpec
@@ -70,7 +71,7 @@ def prepare_attempt(profile: Profile, spec: RunSpec, run_dir: Path) -> None:
 
 def fresh_model(profile: Profile, spec: RunSpec) -> Any:
     """The run's starting model: the base, its attention dropout, LoRA (initialised from the run's seed)."""
-    model, tok = load_base(profile)
+    model, tok = load_base(profile, index=profile.base.index(spec.seed))
     if spec.attention_dropout:
         set_attention_dropout(model, spec.attention_dropout)
     if spec.method == "lora":
@@ -135,6 +136,7 @@ def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool 
         "wall_time_s": time.perf_counter() - start,
         "phases_s": {**phases, "train": time.perf_counter() - start},  # train includes the checkpoint saves
         "provenance": provenance(profile, seed=spec.seed),
+        "base": base_record(profile, profile.base.index(spec.seed)),  # which weights it was fine-tuned from
     }
     shutil.rmtree(paths.trainer_dir, ignore_errors=True)
     if args.process_index == 0:  # under a multi-process launch the main process writes for all

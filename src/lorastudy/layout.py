@@ -39,7 +39,12 @@ NOTEBOOKS = PROJECT_ROOT / "notebooks"
 CHECKPOINT_RECORD = "checkpoint.json"  # inside every checkpoint folder
 TRAINER_DIR = "trainer"  # Trainer's own scratch folder inside a run (removed after training)
 RUN_STAMP = "attempt.json"  # in TRAINER_DIR: the settings its states were trained with (a resume must match)
-BASE_ID = "base"  # the base model's run id in the results table
+BASE_ID = "base"  # the (first) base model's run id in the results table
+
+
+def base_run_id(index: int) -> str:
+    """Base model `index`'s run id in the results table: `base`, `base-1`, `base-2`, ..."""
+    return BASE_ID if index == 0 else f"{BASE_ID}-{index}"
 FINETUNE_NOTEBOOK, EVALUATE_NOTEBOOK, BASE_NOTEBOOK = "01_finetune.ipynb", "02_evaluate.ipynb", "00_base_model.ipynb"
 PROGRESS_ENV = "LORASTUDY_PROGRESS"  # names a JSON file a notebook's Trainer reports its progress to
 SNAPSHOTS = PROJECT_ROOT / "results"  # results/PROFILE: the committed snapshot of a profile's study
@@ -192,7 +197,11 @@ class Layout:
 
     @property
     def base_eval(self) -> Path:
-        return self.base_dir / "eval.json"
+        return self.base_eval_of(0)
+
+    def base_eval_of(self, index: int) -> Path:
+        """Base model `index`'s evaluation (the first base's keeps the name it had when there was one)."""
+        return self.base_dir / ("eval.json" if index == 0 else f"eval-{index}.json")
 
     def released_eval(self, checkpoint_id: str) -> Path:
         return self.root / "released" / checkpoint_id / "eval.json"

@@ -91,23 +91,25 @@ def load_model(source: str, dtype: str = "auto", revision: str | None = None, **
     )
 
 
-def load_base(profile: Profile, dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The profile's base model (built first for a mini profile) and its tokenizer; dtype None = the profile's."""
-    model = load_model(base_source(profile), dtype or profile.base.dtype, profile.base.revision)
+def load_base(profile: Profile, dtype: str | None = None, index: int = 0
+              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The profile's base model `index` (built first for a mini profile) and its tokenizer (one for every base:
+    each is pre-trained on the same world); dtype None = the profile's."""
+    model = load_model(base_source(profile, index=index), dtype or profile.base.dtype, profile.base.revision)
     return model, profile_tokenizer(profile)
 
 
 def load_finetuned(profile: Profile, method: str, source: str | Path, *, revision: str | None = None,
-                   dtype: str | None = None, merge: bool = False) -> PreTrainedModel:
+                   dtype: str | None = None, merge: bool = False, base_index: int = 0) -> PreTrainedModel:
     """A fine-tuned checkpoint as a model: full fine-tuning weights, or the profile's base plus a LoRA adapter
-    (unmerged unless asked). `source` is a run's checkpoint folder, or a released repository (hub id at
+    (unmerged unless asked; the adapter on base `base_index`). `source` is a run's checkpoint folder, or a released repository (hub id at
     `revision`, or a local copy); dtype None = the profile's."""
     dtype = dtype or profile.base.dtype
     if method == "full":
         return load_model(str(source), dtype, revision)
     from peft import PeftModel  # optional at import time: full-FT-only work never needs peft
 
-    base = load_model(base_source(profile), dtype, profile.base.revision)
+    base = load_model(base_source(profile, index=base_index), dtype, profile.base.revision)
     model = PeftModel.from_pretrained(base, str(source), revision=revision)
     return model.merge_and_unload() if merge else model
 

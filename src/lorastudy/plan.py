@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from lorastudy.config import Arm, ConfigError, Profile, format_errors
+from lorastudy.config import Arm, ConfigError, Profile
+from lorastudy.config_errors import format_errors
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ class RunSpec:
     optimizer: str = "adamw"
     arm: str = field(default="", compare=False)
     # "" or, in an arm that chooses its learning rate on validation (lorastudy.tuning): "candidate" (the first
-    # seed, trained at every rate) or "seed" (another seed, trained only at the chosen rate)
+    # seed, trained at every listed rate), "edge-low"/"edge-high" (the first seed one grid step beyond an edge,
+    # trained only if the listed candidates' winner sits at that edge) or "seed" (another seed, trained only at
+    # the chosen rate)
     selection: str = field(default="", compare=False)
 
     @property
@@ -52,33 +56,62 @@ class RunSpec:
         return {"run_id": self.run_id, **asdict(self)}
 
 
-def plan_runs(profile: Profile) -> list[RunSpec]:
-    """Every run of the sweep grid, deduplicated by run id, in declaration order."""
-    runs: dict[str, RunSpec] = {}
+EDGES = ("edge-low", "edge-high")
+
+
+def beyond(rates: list[float], side: str) -> float:
+    """The rate one grid step beyond the lowest (`edge-low`) or highest (`edge-high`) of `rates`: the grid's
+    mean log step, rounded to the 1-3-10 series the profiles' grids are written in."""
+    lo, hi = min(rates), max(rates)
+    step = (math.log10(hi) - math.log10(lo)) / (len(set(rates)) - 1)
+    target = math.log10(lo) - step if side == "edge-low" else math.log10(hi) + step
+    series = [d + math.log10(m) for d in range(math.floor(target) - 1, math.floor(target) + 2) for m in (1, 3)]
+    return float(f"{10 ** min(series, key=lambda x: abs(x - target)):.1g}")
+
+
+def _arm_specs(profile: Profile, arm: Arm) -> list[RunSpec]:
+    """The runs one arm lists: its grid, and for a selecting arm the two rates beyond its edges."""
     t = profile.training
-    for arm in profile.sweep:
-        seeds = arm.seed or profile.seeds
+    seeds = arm.seed or profile.seeds
+    rates = [(lr, None) for lr in arm.learning_rate]
+    if arm.select_learning_rate:
+        rates += [(beyond(arm.learning_rate, side), side) for side in EDGES]
+    out = []
+    for lr, edge in rates:
         grid = itertools.product(
-            arm.domain, arm.regime, arm.method, arm.learning_rate, seeds,
+            arm.domain, arm.regime, arm.method, seeds,
             arm.weight_decay or [t.weight_decay], arm.attention_dropout or [t.attention_dropout],
             arm.optimizer or [t.optimizer],
         )
-        for domain, regime, method, lr, seed, wd, do, opt in grid:
-            role = "" if not arm.select_learning_rate else "candidate" if seed == seeds[0] else "seed"
+        for domain, regime, method, seed, wd, do, opt in grid:
+            role = ("" if not arm.select_learning_rate else "seed" if seed != seeds[0]
+                    else edge or "candidate")  # an edge rate that wins trains the other seeds too
             common = dict(domain=domain, regime=regime, method=method, learning_rate=lr, seed=seed,
                           weight_decay=wd, attention_dropout=do, optimizer=opt, arm=arm.name, selection=role)
             if method == "full":
-                specs = [RunSpec(**common)]
-            else:
-                specs = [
-                    RunSpec(**common, lora_rank=r, lora_alpha=alpha, target_modules=tm, use_rslora=rs)
+                out.append(RunSpec(**common))
+                continue
+            out += [RunSpec(**common, lora_rank=r, lora_alpha=alpha, target_modules=tm, use_rslora=rs)
                     for r in arm.lora_rank
                     for alpha in (arm.lora_alpha or [t.lora.alpha_ratio * r])
                     for tm in arm.target_modules
-                    for rs in (arm.use_rslora or [t.lora.use_rslora])
-                ]
-            for spec in specs:
-                runs.setdefault(spec.run_id, spec)
+                    for rs in (arm.use_rslora or [t.lora.use_rslora])]
+    return out
+
+
+def selection_runs(profile: Profile) -> list[RunSpec]:
+    """Every run a learning-rate choice reads or may add (candidates, edges, other seeds), per selecting arm,
+    whether or not another arm plans the same run."""
+    return [s for arm in profile.sweep if arm.select_learning_rate for s in _arm_specs(profile, arm)]
+
+
+def plan_runs(profile: Profile) -> list[RunSpec]:
+    """Every run of the sweep grid, deduplicated by run id: the listed runs in declaration order, then the
+    edge candidates (a run another arm lists trains as that arm's, whatever the choice)."""
+    runs: dict[str, RunSpec] = {}
+    specs = [s for arm in profile.sweep for s in _arm_specs(profile, arm)]
+    for spec in sorted(specs, key=lambda s: s.selection in EDGES):  # stable: edges last
+        runs.setdefault(spec.run_id, spec)
     return list(runs.values())
 
 

@@ -8,12 +8,13 @@ import pandas as pd
 
 from lorastudy.config import Profile
 
-from lorastudy.plan import plan_runs
+from lorastudy.plan import plan_runs, selection_runs
 from lorastudy.io import atomic_path, read_json
-from lorastudy.layout import BASE_ID, EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout
+from lorastudy.base import base_id, base_record
+from lorastudy.layout import EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout, base_run_id
 
 RUN_COLUMNS = ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
-               "weight_decay", "attention_dropout", "use_rslora", "optimizer", "seed", "arm"]
+               "weight_decay", "attention_dropout", "use_rslora", "optimizer", "seed", "base_id", "arm"]
 COLUMNS = [*RUN_COLUMNS, "status", "checkpoint", "duration_unit", "duration", "tokens_seen", "step", "metric", "value"]
 
 
@@ -22,13 +23,17 @@ def collect(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
     checkpoints' (arm 'released'), as a DataFrame."""
     layout = Layout(out_root or profile.out_dir())
     rows: list[dict[str, Any]] = []
-    if layout.base_eval.is_file():
-        rows += [{**r, "method": "base", "status": "completed"} for r in read_json(layout.base_eval)["rows"]]
+    ids = [base_id(profile, i) for i in range(profile.base.count)]
+    for index, name in enumerate(ids):
+        if layout.base_eval_of(index).is_file():
+            rows += [{**r, "method": "base", "status": "completed", "base_id": name}
+                     for r in read_json(layout.base_eval_of(index))["rows"]]
     for spec in plan_runs(profile):
         path = layout.run(spec.run_id).results_record
         if path.is_file():
             res = read_json(path)
-            rows += [{**spec.to_dict(), **r, "status": res["status"]} for r in res["rows"]]
+            rows += [{**spec.to_dict(), **r, "status": res["status"], "base_id": ids[profile.base.index(spec.seed)]}
+                     for r in res["rows"]]
     for path in layout.released_evals():
         rows += read_json(path)["rows"]
     df = pd.DataFrame(rows, columns=COLUMNS)
@@ -87,8 +92,9 @@ def collect_items(profile: Profile, out_root: Path | None = None) -> pd.DataFram
         if record.get("items"):
             frames.append(pd.DataFrame(record["items"]).assign(run_id=run_id, checkpoint=checkpoint))
 
-    if layout.base_eval.is_file():
-        add(BASE_ID, "base", read_json(layout.base_eval))
+    for index in range(profile.base.count):
+        if layout.base_eval_of(index).is_file():
+            add(base_run_id(index), "base", read_json(layout.base_eval_of(index)))
     for spec in plan_runs(profile):
         paths = layout.run(spec.run_id)
         if paths.results_record.is_file():
@@ -103,6 +109,51 @@ def collect_items(profile: Profile, out_root: Path | None = None) -> pd.DataFram
     df = pd.concat(frames, ignore_index=True)[ITEM_COLUMNS]
     df["item"] = df["item"].astype(str)
     return df.sort_values(["run_id", "checkpoint", "metric", "item"], kind="stable").reset_index(drop=True)
+
+
+def selection_items(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
+    """Per-item validation rows of the learning-rate choice's runs at their longest checkpoint (what
+    lorastudy.tuning's tie rule reads while a sweep runs, without reading every run's items)."""
+    layout = Layout(out_root or profile.out_dir())
+    frames = []
+    for spec in selection_runs(profile):
+        paths = layout.run(spec.run_id)
+        if spec.selection == "seed" or not paths.results_record.is_file():
+            continue
+        rows = read_json(paths.results_record)["rows"]
+        if not rows:
+            continue
+        label = max(rows, key=lambda r: r["duration"])["checkpoint"]
+        record = read_json(paths.eval_record(label))
+        vals = [i for i in record.get("items", []) if i["metric"].startswith("val_answer_nll_")]
+        if vals:
+            frames.append(pd.DataFrame(vals).assign(run_id=spec.run_id, checkpoint=label))
+    if not frames:
+        return pd.DataFrame(columns=ITEM_COLUMNS)
+    df = pd.concat(frames, ignore_index=True)[ITEM_COLUMNS]
+    df["item"] = df["item"].astype(str)
+    return df
+
+
+def stale_runs(profile: Profile, out_root: Path | None = None) -> dict[str, str]:
+    """Finished runs fine-tuned from other weights than the base their seed selects now ({run_id: why}): a
+    rebuilt or re-shipped base makes them a different study, which a sweep refuses to mix in."""
+    layout = Layout(out_root or profile.out_dir())
+    current: dict[int, dict[str, Any]] = {}
+    out = {}
+    for spec in plan_runs(profile):
+        paths = layout.run(spec.run_id)
+        if not paths.train_record.is_file():
+            continue
+        trained = read_json(paths.train_record).get("base")
+        index = profile.base.index(spec.seed)
+        if index not in current:
+            current[index] = base_record(profile, index)
+        if trained is None or trained != current[index]:
+            out[spec.run_id] = (f"fine-tuned from {trained['id'] if trained else 'an unrecorded base'} "
+                                f"({(trained or {}).get('sha256') or '?'}), its seed now selects "
+                                f"{current[index]['id']} ({current[index]['sha256']})")
+    return out
 
 
 def write_table(df: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:

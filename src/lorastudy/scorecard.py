@@ -21,7 +21,8 @@ __all__ = ["FIGURE_OF", "FAMILIES", "CHAPTER_VERDICTS", "figure_labels", "figure
 
 # claim id prefix → the named figure that shows it (longest prefix first: '-nll' before its score claim)
 FIGURE_OF = [("full-learns-more-nll", "fig-answer-nll"), ("cpt-learns-nll", "fig-answer-nll"),
-             ("full-learns-more", "fig-learning"), ("cpt-learns", "fig-learning"),
+             ("ift-learns-nll", "fig-answer-nll"), ("full-learns-more", "fig-learning"), ("cpt-learns", "fig-learning"),
+             ("ift-learns", "fig-learning"),
              ("lora-forgets-less", "fig-forgetting"), ("matched", "fig-tradeoff"), ("other-rate", "fig-lr-sweep"),
              ("fig4", "fig-regularization-tradeoff"), ("fig7", "fig-modules"), ("figS3", "fig-alpha")]
 FAMILIES = {"main": "Headline claims at the chosen learning rates (chapter 10, Figs 2–3)",
@@ -73,14 +74,14 @@ def scorecard(profile_name: str, claims: pd.DataFrame, labels: Mapping[str, str]
                            for f in families])
     text = [f"\n\n## Scorecard: what our runs say (`{profile_name}`)\n",
             f"{verdict_text(claims_of(claims, 'main'), 'headline claims')} A claim *agrees* or *disagrees* with "
-            "the paper only when its 95% interval (a bootstrap over test items, paired between arms, and over "
-            "seeds) excludes zero; otherwise we *cannot tell*, and a tie never agrees. `paper` is the same "
+            "the paper only when its 95% interval (over base models and test items, both paired between arms; "
+            "`bases` says how many) excludes zero; otherwise we *cannot tell*, and a tie never agrees. `paper` is the same "
             "difference on the paper's tables (Llama-2-7B) at the rank with the same share of the width, where "
             f"the paper reports one. The same table is `lorastudy claims {profile_name}`.\n",
             counts.to_markdown(index=False) if len(counts) else "No claims in this profile's runs."]
     for family in families:
         rows = claims_of(claims, family)
-        table = compact(rows).drop(columns="seeds")
+        table = compact(rows).drop(columns="per base")
         table["figure"] = [_link(figure_for(c), labels) for c in rows.claim]
         text += [f"\n### {FAMILIES[family]}\n", table.to_markdown(index=False)]
     for name, verdict in (chapter_verdicts or {}).items():
@@ -92,6 +93,27 @@ def scorecard(profile_name: str, claims: pd.DataFrame, labels: Mapping[str, str]
     return "\n".join(text) + "\n"
 
 
+def bases_section(claims: pd.DataFrame) -> str:
+    """The landing page's section on the designed robustness check (markdown): per headline claim, whether
+    every base's own estimate has the sign of the pooled one, and the claims where the bases disagree."""
+    main = claims_of(claims, "main")
+    if main.empty or "per_base" not in main or not (main.n_bases > 1).any():
+        return ""
+    per_base = main.per_base.fillna("").astype(str).str.split()
+    signs = [{float(v) > 0 for v in vals if float(v) != 0} for vals in per_base]
+    split = main[[len(s) > 1 for s in signs]]
+    text = ["\n\n## Across bases: where the base models disagree\n",
+            f"Every arm of the main grid is fine-tuned from {int(main.n_bases.max())} base models pre-trained from "
+            "different seeds, and each claim's interval covers the spread between them. Of "
+            f"{len(main)} headline claims, {len(main) - len(split)} have the same sign on every base; on "
+            f"{len(split)} the bases point different ways, so no verdict there can be more than *cannot tell*"
+            + (":\n" if len(split) else ".\n")]
+    if len(split):
+        text.append(pd.DataFrame({"panel": split.panel, "claim": split.statement, "per base": split.per_base,
+                                  "verdict": split.verdict}).to_markdown(index=False))
+    return "\n".join(text) + "\n"
+
+
 def replicate_section(paired: pd.DataFrame, replicate_name: str, replicate_origin: str) -> str:
     """The landing page's section on a replicate of the study (markdown; `paired` from
     analysis.robustness.paired_verdicts): how many verdicts it keeps, per family, and the ones it reverses."""
@@ -100,8 +122,8 @@ def replicate_section(paired: pd.DataFrame, replicate_name: str, replicate_origi
     decided = paired[paired.verdict != CANNOT_TELL]
     counts = agreement_table(paired)
     counts.insert(0, "claims", [FAMILIES.get(f, f) for f in counts.pop("family")])
-    text = [f"\n\n## Does a verdict survive another base model? (`{replicate_name}`)\n",
-            f"The intervals above cover test items and fine-tuning seeds, not the base model. `{replicate_name}` "
+    text = [f"\n\n## Across hosts: does a verdict survive another machine? (`{replicate_name}`)\n",
+            f"An incidental check, apart from the designed one across bases above. `{replicate_name}` "
             f"is the same study run again ({replicate_origin}): with the same code and profile the base comes out "
             "differently on another CPU, which rounds differently, and pre-training carries that into other "
             "weights. Of "
@@ -126,11 +148,11 @@ def settled_section(settled: pd.DataFrame, n_claims: int, replicate_names: list[
     if not replicate_names:
         return ""
     names = ", ".join(f"`{n}`" for n in replicate_names)
-    text = ["\n\n## Verdicts that every base model gives\n",
-            f"The study was also run on {len(replicate_names)} other base model{'s' if len(replicate_names) > 1 else ''}"
-            f" ({names}; the sections below compare each with this one). Of {n_claims} claims, {len(settled)} are "
-            "decided, and decided the same way, on every base: the verdicts this study settles. Every other verdict "
-            "depends on the base model it was measured on.\n"]
+    text = ["\n\n## Across hosts: verdicts that every host gives\n",
+            f"The study was also run on {len(replicate_names)} other host{'s' if len(replicate_names) > 1 else ''}"
+            f" ({names}; the sections below compare each with this one): an incidental check, apart from the "
+            f"designed one across bases. Of {n_claims} claims, {len(settled)} are decided, and decided the same way, "
+            "on every host. Every other verdict depends on where it was measured.\n"]
     if len(settled):
         shown = settled.assign(ours=[f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]" for e, lo, hi in
                                      zip(settled.estimate, settled.ci_low, settled.ci_high)])

@@ -23,7 +23,7 @@ from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, 
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import BASE_NOTEBOOK, PROGRESS_ENV, Layout
 from lorastudy.notebooks import clean_stale, execute_in_process, is_exclusive, notebook_parameters
-from lorastudy.results import collect, collect_items, run_records, write_table
+from lorastudy.results import collect, collect_items, run_records, selection_items, stale_runs, write_table
 from lorastudy.runner import DONE, FAILED
 from lorastudy.schedule import run_costs
 from lorastudy.tuning import awaits_selection, runs_expected, runs_to_train
@@ -49,10 +49,10 @@ def run_status(out_root: Path, spec: RunSpec) -> str:
 
 
 def plan_table(profile: Profile, out_root: Path | None = None) -> list[dict[str, Any]]:
-    """Every planned run and its status; a seed that trains only if its learning rate wins on validation is
-    'if chosen' until the rates are chosen."""
+    """Every planned run and its status; a seed that trains only if its learning rate wins on validation, or an
+    edge rate that trains only if the grid's best is at its edge, is 'if chosen' until that is known."""
     out_root = out_root or profile.out_dir()
-    trains = {s.run_id for s in runs_to_train(profile, collect(profile, out_root))}
+    trains = {s.run_id for s in runs_to_train(profile, collect(profile, out_root), selection_items(profile, out_root))}
     rows = []
     for spec in plan_runs(profile):
         status = run_status(out_root, spec)
@@ -176,6 +176,12 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
                              f"(see `lorastudy sweep {profile_ref} --dry-run`)")
     out_root.mkdir(parents=True, exist_ok=True)
     layout = Layout(out_root)
+    stale = stale_runs(profile, out_root)
+    if stale:
+        first = next(iter(stale))
+        raise ValueError(f"{len(stale)} finished run(s) in {out_root} were fine-tuned from other weights than the "
+                         f"bases their seeds select now (e.g. {first}: {stale[first]}); remove those run folders "
+                         f"(or the whole {out_root}) to train them again from these bases")
     report = SweepReport()
     clock = {"start": time.perf_counter()}
     ensure_base(profile_ref, out_root, cpu_count())  # alone on the machine: every core
@@ -197,14 +203,16 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
         return not only or spec.run_id in only
 
     def pending(df: pd.DataFrame | None) -> list[str]:
-        """Runs to train that no call planned before: without results, every run but the other seeds of
-        learning-rate sweeps; with them, also those seeds of every group whose rate is now chosen."""
-        specs = [s for s in runs_to_train(profile, df) if wanted(s) and s.run_id not in seen]
+        """Runs to train that no call planned before: without results, every run but the other seeds and edge
+        rates of learning-rate sweeps; with them, also the edges and seeds their results ask for."""
+        items = selection_items(profile, out_root) if df is not None else None
+        specs = [s for s in runs_to_train(profile, df, items) if wanted(s) and s.run_id not in seen]
         seen.update(s.run_id for s in specs)
         todo = [s.run_id for s in specs if run_status(out_root, s) != "done"]
         report.skipped.extend(s.run_id for s in specs if s.run_id not in todo)
         if df is not None and todo:
-            tqdm.write(f"[sweep] learning rates chosen on validation: {len(todo)} more seed(s) at the chosen rates")
+            tqdm.write(f"[sweep] from the validation scores: {len(todo)} more run(s) (an edge rate, or the other "
+                       "seeds at a chosen rate)")
         return todo
 
     todo = pending(None)
@@ -221,10 +229,9 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
             costs = run_costs(profile, planned.values()) if plan.workers > 1 else {}  # the longest run first
             runner.run(profile_ref, out_root, todo, record, more=lambda: pending(collect(profile, out_root)),
                        costs=costs)
-        else:  # a job array per stage: the other seeds once every candidate has finished
+        else:  # a job array per stage: the edge rates, then the other seeds, once the stage before has finished
             runner.run(profile_ref, out_root, todo, record)
-            later = pending(collect(profile, out_root))
-            if later:
+            while later := pending(collect(profile, out_root)):
                 runner.run(profile_ref, out_root, later, record)
     clock["runs"] = time.perf_counter()
     if profile.released:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.learning_forgetting import (CLAIM_COLUMNS, MAIN_ARMS, _row, chosen_runs, compare_arms,
+from lorastudy.analysis.learning_forgetting import (CLAIM_COLUMNS, MAIN_ARMS, chosen_runs, claim_row, compare_arms,
                                                    forgetting_metrics)
 from lorastudy.analysis.selection import panel_rows
 from lorastudy.config import Profile
@@ -37,7 +37,7 @@ def _pick(g: pd.DataFrame, *, method: str, lr: float | None = None, rank: int | 
     if method == "lora":
         m &= (g.lora_rank.astype(float) == rank) & (g.target_modules == modules) & (g.use_rslora == rslora)
         m &= np.isclose(g.lora_alpha.astype(float), 2.0 * rank if alpha is None else alpha)
-    return g[m][["run_id", "checkpoint"]].drop_duplicates()
+    return g[m][["run_id", "checkpoint", "base_id"]].drop_duplicates()
 
 
 def arm_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> pd.DataFrame:
@@ -48,19 +48,19 @@ def arm_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> pd.Da
 
     def add(claim: str, statement: str, a: pd.DataFrame, b: pd.DataFrame, metrics: list[str]) -> None:
         if len(a) and len(b):
-            rows.append(_row(claim, statement, panel, compare_arms(items, a, b, metrics, seed=len(rows)), +1, None))
+            rows.append(claim_row(claim, statement, panel, items, a, b, metrics))
 
     # Fig 4: LoRA at its highest rank and chosen rate (all seeds) against full FT with weight decay or dropout
-    chosen = _settings(chosen_runs(profile, df))
+    chosen = _settings(chosen_runs(profile, df, items))
     ranks = sorted(chosen[chosen.method == "lora"].lora_rank.dropna().astype(int).unique())
     if ranks:
         top = ranks[-1]
-        lora = chosen[(chosen.method == "lora") & (chosen.lora_rank == top)][["run_id", "checkpoint"]].drop_duplicates()
+        lora = chosen[(chosen.method == "lora") & (chosen.lora_rank == top)][["run_id", "checkpoint", "base_id"]].drop_duplicates()
         reg = g[(g.method == "full") & ((g.weight_decay > 0) | (g.attention_dropout > 0))]
         for _, r in reg.drop_duplicates("run_id").iterrows():
             what = f"weight decay {r.weight_decay:g}" if r.weight_decay else f"attention dropout {r.attention_dropout:g}"
             tag = f"wd{r.weight_decay:g}" if r.weight_decay else f"do{r.attention_dropout:g}"
-            cells = reg[reg.run_id == r.run_id][["run_id", "checkpoint"]].drop_duplicates()
+            cells = reg[reg.run_id == r.run_id][["run_id", "checkpoint", "base_id"]].drop_duplicates()
             add(f"fig4/lora-forgets-less/{tag}", f"LoRA r={top} forgets less than full FT with {what}", lora, cells, forget)
             add(f"fig4/full-learns-more/{tag}", f"full FT with {what} learns more than LoRA r={top}", cells, lora, learn)
     # Fig 7: at each rank of the modules arm, all modules against attention only, MLP against attention only
@@ -92,7 +92,7 @@ def optimizer_comparison(df: pd.DataFrame, items: pd.DataFrame, profile: Profile
     rows = []
     for _, r in g[g.optimizer == "lion"].drop_duplicates("run_id").iterrows():
         rank = None if r.method == "full" else int(r.lora_rank)
-        lion = g[g.run_id == r.run_id][["run_id", "checkpoint"]].drop_duplicates()
+        lion = g[g.run_id == r.run_id][["run_id", "checkpoint", "base_id"]].drop_duplicates()
         main = g[g.arm.isin(MAIN_ARMS) & (g.method == r.method)]
         if rank is not None:
             main = main[main.lora_rank.astype(float) == rank]
@@ -103,7 +103,7 @@ def optimizer_comparison(df: pd.DataFrame, items: pd.DataFrame, profile: Profile
             row = {"method": r.method if rank is None else f"LoRA r={rank}", "lion_lr": float(r.learning_rate),
                    "adamw_lr": lr}
             for name, metrics in (("learning", learn), ("forgetting", forget)):
-                iv = compare_arms(items, lion, adamw, metrics, seed=len(rows))
+                iv = compare_arms(items, lion, adamw, metrics)
                 row |= {f"d_{name}": iv.estimate, f"{name}_ci_low": iv.low, f"{name}_ci_high": iv.high}
             rows.append(row)
     return pd.DataFrame(rows)

@@ -129,7 +129,7 @@ def kl_to_base(profile: Profile, out_root: Path, specs: Iterable[RunSpec] | None
                checkpoints: str = "last", batch_size: int = 32, cache_dir: Path | None = None) -> pd.DataFrame:
     """KL(base ‖ fine-tuned) per (run, checkpoint) on the first n_prompts test items of the run's domain,
     each cached under cache_dir/kl/: the candidate forgetting predictor of chapter 16."""
-    loaded: dict[str, Any] = {}
+    loaded: dict[Any, Any] = {}
     texts: dict[str, list[str]] = {}
 
     def settings(spec: RunSpec) -> dict[str, Any]:
@@ -137,12 +137,13 @@ def kl_to_base(profile: Profile, out_root: Path, specs: Iterable[RunSpec] | None
                 "test_set": config_hash(profile.eval.learning[spec.domain].dataset.model_dump(mode="json"))}
 
     def measure(spec: RunSpec, label: str) -> list[dict[str, Any]]:
-        if not loaded:
-            loaded["base"], loaded["tok"] = load_base_on_device(profile)
+        index = profile.base.index(spec.seed)  # KL from the base the run was fine-tuned from
+        if index not in loaded:
+            loaded[index], loaded["tok"] = load_base_on_device(profile, index=index)
         if spec.domain not in texts:
             texts[spec.domain] = target_texts(profile, spec.domain, n_prompts)
         tuned = load_checkpoint(profile, out_root, spec, label, dtype=None)
-        res = kl_between(loaded["base"], tuned, loaded["tok"], texts[spec.domain], batch_size=batch_size)
+        res = kl_between(loaded[index], tuned, loaded["tok"], texts[spec.domain], batch_size=batch_size)
         return [{**res, "n_prompts": len(texts[spec.domain]), "finite": bool(math.isfinite(res["kl"]))}]
 
     rows = per_checkpoint(profile, out_root, specs, checkpoints=checkpoints, cache_dir=cache_dir, kind="kl",

@@ -102,16 +102,16 @@ def pick_checkpoints(ckpts: Rows, which: str) -> Rows:
 
 
 # ----------------------------------------------------------------------------- models
-def load_base_on_device(profile: Profile, dtype: str | None = None) -> tuple[torch.nn.Module, Any]:
-    """The base model on the analysis device in eval mode, and its tokenizer; dtype None = the profile's."""
+def load_base_on_device(profile: Profile, dtype: str | None = None, index: int = 0) -> tuple[torch.nn.Module, Any]:
+    """Base model `index` on the analysis device in eval mode, and its tokenizer; dtype None = the profile's."""
     with quiet_loading():
-        model, tok = load_base(profile, dtype)
+        model, tok = load_base(profile, dtype, index)
     return model.to(device()).eval(), tok
 
 
-def load_base_fp32(profile: Profile) -> torch.nn.Module:
-    """The base model in fp32 on the analysis device (weight deltas of bf16 weights are rounding noise)."""
-    return load_base_on_device(profile, "float32")[0]
+def load_base_fp32(profile: Profile, index: int = 0) -> torch.nn.Module:
+    """Base model `index` in fp32 on the analysis device (weight deltas of bf16 weights are rounding noise)."""
+    return load_base_on_device(profile, "float32", index)[0]
 
 
 def load_checkpoint(profile: Profile, out_root: Path, spec: RunSpec, label: str, *, dtype: str | None = "float32",
@@ -120,7 +120,7 @@ def load_checkpoint(profile: Profile, out_root: Path, spec: RunSpec, label: str,
     adapter (unmerged unless asked); dtype None = the profile's."""
     with quiet_loading():
         model = load_finetuned(profile, spec.method, Layout(out_root).run(spec.run_id).checkpoint(label),
-                               dtype=dtype, merge=merge)
+                               dtype=dtype, merge=merge, base_index=profile.base.index(spec.seed))
     return model.to(device()).eval()
 
 
@@ -182,17 +182,19 @@ def per_checkpoint(profile: Profile, out_root: Path, specs: Iterable[RunSpec] | 
 
 def weight_measure(profile: Profile, out_root: Path, base: torch.nn.Module | None,
                    fn: Callable[[torch.nn.Module, torch.nn.Module], Rows]) -> Callable[[RunSpec, str], Rows]:
-    """A `per_checkpoint` measure of `fn(base, tuned)` on fp32 weights: the base loaded once, on first need;
-    diverged checkpoints (non-finite weights) are left out with a warning."""
-    loaded = {"base": base}
+    """A `per_checkpoint` measure of `fn(base, tuned)` on fp32 weights, against the base the run was fine-tuned
+    from (`base`: the first one, if given), each loaded once, on first need; diverged checkpoints (non-finite
+    weights) are left out with a warning."""
+    loaded = {0: base} if base is not None else {}
 
     def measure(spec: RunSpec, label: str) -> Rows:
-        if loaded["base"] is None:
-            loaded["base"] = load_base_fp32(profile)
+        index = profile.base.index(spec.seed)
+        if index not in loaded:
+            loaded[index] = load_base_fp32(profile, index)
         tuned = load_checkpoint(profile, out_root, spec, label)
         if not _finite(tuned):
             warnings.warn(f"{spec.run_id}/{label} has non-finite weights (diverged): left out", stacklevel=2)
             return []
-        return fn(loaded["base"], tuned)
+        return fn(loaded[index], tuned)
 
     return measure

@@ -74,7 +74,8 @@ def compute_claims(profile: Profile, out_root: Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CLAIM_COLUMNS)
 
 
-MAIN_KINDS = ("full-learns-more", "full-learns-more-nll", "lora-forgets-less", "cpt-learns", "cpt-learns-nll")
+MAIN_KINDS = ("full-learns-more", "full-learns-more-nll", "lora-forgets-less", "cpt-learns", "cpt-learns-nll",
+              "ift-learns", "ift-learns-nll")
 
 
 def kind(claim_id: str) -> str:
@@ -120,8 +121,8 @@ def verdict_sentences(table: pd.DataFrame, what: str = "claims") -> str:
             est, lo, hi = row["estimate"], row.get("ci_low"), row.get("ci_high")
             ours = (f"ours {est:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]" if pd.notna(est) and pd.notna(lo)
                     else f"ours {est:+.3f}" if pd.notna(est) else "not measurable here")
-            if pd.notna(row.get("n_seeds", None)):
-                ours += f", {int(row['n_seeds'])} seed{'s' * (int(row['n_seeds']) != 1)}"
+            if pd.notna(row.get("n_bases", None)):
+                ours += f", {int(row['n_bases'])} base{'s' * (int(row['n_bases']) != 1)}"
             paper = pd.to_numeric(pd.Series([row.get("paper")]), errors="coerce").iloc[0]
             ours += f"; paper {paper:+.3f}" if pd.notna(paper) else ""
         else:
@@ -136,24 +137,26 @@ def rate_dependence_text(table: pd.DataFrame) -> str:
     main, other = claims_of(table, "main"), claims_of(table, "other-rate")
     if main.empty or other.empty:
         return "No second learning-rate ratio in this profile's runs."
-    other = other.assign(claim=other.claim.str.removeprefix("other-rate/"))
+    other = other.assign(claim=other.claim.str.removeprefix("other-rate/").str.replace(r"/lr[^/]+$", "", regex=True))
     both = main.merge(other, on="claim", suffixes=("", "_other"))
     parts = []
     for head, what in (("lora-forgets-less", "LoRA forgets less"), ("full-learns-more", "full FT learns more")):
         g = both[both.claim.str.startswith(head + "/")]
         if len(g):
             parts.append(f"*{what}* agrees in {(g.verdict == 'agrees').sum()} of {len(g)} comparisons at the chosen "
-                         f"rates and in {(g.verdict_other == 'agrees').sum()} at LoRA's other rate "
+                         f"rates and in {(g.verdict_other == 'agrees').sum()} of {len(g)} at LoRA's other rates "
                          f"({(g.verdict != g.verdict_other).sum()} verdicts change)")
     return "; ".join(parts) + "." if parts else ""
 
 
 def compact(table: pd.DataFrame) -> pd.DataFrame:
-    """Claims as a reader reads them: panel, statement, estimate with its interval, seeds, verdict, paper."""
+    """Claims as a reader reads them: panel, statement, estimate with its interval, the estimate on each base,
+    verdict, paper."""
     fmt = lambda v: "" if pd.isna(v) else f"{v:+.3f}"  # noqa: E731
     return pd.DataFrame({
         "panel": table.panel, "claim": table.statement,
         "ours [95% interval]": [f"{fmt(e)} [{fmt(lo)}, {fmt(hi)}]" if pd.notna(e) else "untestable"
                                 for e, lo, hi in zip(table.estimate, table.ci_low, table.ci_high)],
-        "seeds": [("" if pd.isna(n) else str(int(n))) for n in table.n_seeds], "verdict": table.verdict,
+        "bases": [("" if pd.isna(n) else str(int(n))) for n in table.n_bases],
+        "per base": table.per_base.fillna("") if "per_base" in table else "", "verdict": table.verdict,
         "paper": [fmt(v) for v in pd.to_numeric(table.paper, errors="coerce")]}).reset_index(drop=True)

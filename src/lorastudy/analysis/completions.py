@@ -17,13 +17,14 @@ COLUMNS = ["run_id", "domain", "item", "completion", "correct"]
 FILES = {"math": "math_predictions.jsonl", "code": "code_samples.jsonl"}
 
 
-def completions_sample(profile: Profile, out_root: Path, results: pd.DataFrame, n: int = 8) -> pd.DataFrame:
+def completions_sample(profile: Profile, out_root: Path, results: pd.DataFrame, items: pd.DataFrame, n: int = 8
+                       ) -> pd.DataFrame:
     """The first `n` test items' completions per domain: the base's (both domains) and each main-grid run's at its
     longest checkpoint (its own domain), with whether each was right (strict match; all tests passed)."""
     layout = Layout(out_root)
     rows = [r for domain in FILES for r in _read(layout.base_dir, BASE_ID, domain, n)]
-    grid = main_grid(profile, results)
-    grid = grid[grid.run_id != BASE_ID]
+    grid = main_grid(profile, results, items)
+    grid = grid[grid.method != "base"]
     for run_id, run in grid.groupby("run_id", sort=True):
         label = run.sort_values("duration").checkpoint.iloc[-1]
         rows += _read(layout.run(run_id).eval_outputs(label), run_id, run.domain.iloc[0], n)
@@ -46,8 +47,8 @@ def _read(folder: Path, run_id: str, domain: str, n: int) -> list[dict]:
 def completions_table(sample: pd.DataFrame, grid: pd.DataFrame, items: int = 4) -> pd.DataFrame:
     """The first `items` items of each panel side by side: the base's completion, then full fine-tuning's and each
     LoRA rank's (seed 0 of the main grid, at the chosen rate and the longest duration); ✓ marks a right one."""
-    runs = grid[grid.run_id != BASE_ID].drop_duplicates("run_id")
-    runs = runs[runs.seed == runs.seed.min()]
+    runs = grid[grid.method != "base"].drop_duplicates("run_id")
+    runs = runs[runs.seed == runs.seed.min()]  # the first seed: base 0, whose completions are BASE_ID's
     rows = []
     for (domain, regime), group in runs.groupby(["domain", "regime"], sort=True):
         arms = {rid: _arm(rid, m, r) for rid, m, r in zip(group.run_id, group.method, group.lora_rank)}
@@ -71,7 +72,7 @@ def completions_view(sample: pd.DataFrame, grid: pd.DataFrame, items: int = 4) -
 
 
 def nll_readings(grid: pd.DataFrame) -> pd.DataFrame:
-    """Per panel and arm at its longest duration (mean over seeds): the answer NLL per token of the answer's own
+    """Per panel and arm at its longest duration (mean over bases): the answer NLL per token of the answer's own
     tokens, and with the end-of-sequence token as fine-tuning trains it; where they part, the ending is what moved."""
     rows = grid[grid.metric.str.startswith(("answer_nll_", "answer_eos_nll_"))].copy()
     if rows.empty:
@@ -79,8 +80,7 @@ def nll_readings(grid: pd.DataFrame) -> pd.DataFrame:
     rows["reading"] = rows.metric.str.startswith("answer_eos_nll_").map({True: "with_eos", False: "answer"})
     rows["domain"] = rows.metric.str.rsplit("_", n=1).str[-1]
     rows["arm"] = [_arm(rid, m, r) for rid, m, r in zip(rows.run_id, rows.method, rows.lora_rank)]
-    base = rows[rows.run_id == BASE_ID]
-    runs = rows[rows.run_id != BASE_ID]
+    base, runs = rows[rows.method == "base"], rows[rows.method != "base"]  # every base, as every seed
     runs = runs[runs.duration == runs.groupby(["domain", "regime"]).duration.transform("max")]
     out = []
     for (domain, regime), group in runs.groupby(["domain", "regime"], sort=True):
@@ -95,7 +95,7 @@ def nll_readings(grid: pd.DataFrame) -> pd.DataFrame:
 
 def _arm(run_id: str, method: str, rank: Any) -> str:
     """A run's arm as the chapter names it: base, full, or LoRA r=N."""
-    return "base" if run_id == BASE_ID else "full" if method == "full" else f"LoRA r={int(rank)}"
+    return "base" if method == "base" else "full" if method == "full" else f"LoRA r={int(rank)}"
 
 
 def _arm_order(arm: str) -> tuple:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from lorastudy.analysis.checkpoints import (finished_runs, fingerprint, load_base_on_device, load_checkpoint,
                                             missing_runs_note, run_checkpoints)
-from lorastudy.analysis.intervals import CANNOT_TELL, difference, verdict
+from lorastudy.analysis.intervals import CANNOT_TELL, bootstrap_difference, verdict
 from lorastudy.chapter import Chapter
 from lorastudy.config import Profile
 from lorastudy.plan import RunSpec
@@ -256,7 +256,7 @@ def _per_task(per_subject: PerSubject, labels: Sequence[str], col: str) -> np.nd
 def _compare(statement: str, a: np.ndarray, b: np.ndarray, names: tuple[str, str], seed: int) -> dict:
     """mean(a) - mean(b) over tasks (paired) with a bootstrap interval; rows of an arm (LoRA's ranks) resampled
     like seeds. Agrees with the paper (a > b) only when the interval excludes zero."""
-    iv = difference([a], [b], seed=seed)
+    iv = bootstrap_difference([a], [b], seed=seed)
     return {"statement": statement, "estimate": iv.estimate, "ci_low": iv.low, "ci_high": iv.high,
             "n_tasks": iv.n_items, "verdict": verdict(iv, +1),
             "detail": f"{names[0]} {a.mean():.2f} vs {names[1]} {b.mean():.2f} per task"}

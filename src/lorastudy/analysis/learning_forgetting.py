@@ -8,17 +8,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.intervals import CANNOT_TELL, Interval, difference, resample_draws, resampled_mean, verdict
+from lorastudy.analysis.intervals import (CANNOT_TELL, Interval, difference, resample_draws, resampled_mean,
+                                          t_interval, verdict)
 from lorastudy.config import Profile
 from lorastudy.data.sources import load_spec
 from lorastudy.layout import BASE_ID
 from lorastudy.paper import PAPER_HIDDEN_SIZE
 from lorastudy.results import known_runs
+from lorastudy.plan import selection_runs
 from lorastudy.tuning import GROUP, candidates, keep_chosen
 
 MAIN_ARMS = ("full", "lora")  # the sweep arms of the main grid (regularisation and sensitivity arms are apart)
-CLAIM_COLUMNS = ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds", "n_items", "verdict",
-                 "paper"]
+CLAIM_COLUMNS = ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_bases", "n_items", "verdict",
+                 "paper", "per_base"]
 
 
 def forgetting_metrics(profile: Profile) -> list[str]:
@@ -26,42 +28,48 @@ def forgetting_metrics(profile: Profile) -> list[str]:
     return [f"{name}_{cfg.metric}" for name, cfg in profile.eval.forgetting.items()]
 
 
-def arm_values(mine: pd.DataFrame, cells: pd.DataFrame, metrics: list[str],
-               universe: dict[str, list[str]] | None = None) -> list[np.ndarray]:
-    """One (seeds, items) array per metric for the (run_id, checkpoint) cells of one arm (`mine`: their per-item
-    rows, `_select`), its columns in the order of `universe` (default: the items this arm has)."""
+def arm_values(mine: pd.DataFrame, cells: pd.DataFrame, metrics: list[str], universe: dict[str, list[str]],
+               bases: list[str]) -> list[np.ndarray]:
+    """One (bases, items) array per metric for the (run_id, checkpoint, base_id) cells of one arm (`mine`: their
+    per-item rows, `_select`): rows in the order of `bases` (an arm's runs on one base averaged), columns in the
+    order of `universe`."""
     out = []
     for metric in metrics:
-        grid = mine[mine.metric == metric].pivot_table(index=["run_id", "checkpoint"], columns="item", values="value")
-        columns = universe[metric] if universe else sorted(grid.columns)
+        grid = mine[mine.metric == metric].pivot_table(index="base_id", columns="item", values="value")
+        columns = universe[metric]
         missing = set(columns) - set(grid.columns)
-        if grid.empty or missing or grid.isna().any().any():
+        if grid.empty or missing or set(bases) - set(grid.index) or grid.isna().any().any():
             raise ValueError(f"per-item {metric} incomplete for runs {sorted(set(cells.run_id))[:2]}: "
                              f"{len(missing)} items absent")
-        out.append(grid[columns].to_numpy(dtype=float))
+        out.append(grid.loc[bases, columns].to_numpy(dtype=float))
     return out
 
 
-def compare_arms(items: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame, metrics: list[str], seed: int) -> Interval:
-    """score(a) - score(b) over the items both arms answered: the claim's estimate and its 95% interval."""
+def compare_arms(items: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame, metrics: list[str]) -> Interval:
+    """score(a) - score(b) over the bases both arms were fine-tuned from and the items both answered: the
+    claim's estimate and its 95% interval over bases and items (`intervals.difference`)."""
     mine_a, mine_b = _select(items, a), _select(items, b)  # once per arm: the items table is large
+    bases = sorted(set(a.base_id) & set(b.base_id))
+    if not bases:
+        raise ValueError(f"the two arms share no base: {sorted(set(a.base_id))} and {sorted(set(b.base_id))}")
     shared = {}
     for m in metrics:
         shared[m] = sorted(set(mine_a[mine_a.metric == m].item) & set(mine_b[mine_b.metric == m].item))
         if not shared[m]:
             raise ValueError(f"the two arms share no {m} items")
-    return difference(arm_values(mine_a, a, metrics, shared), arm_values(mine_b, b, metrics, shared), seed=seed)
+    return difference(arm_values(mine_a, a, metrics, shared, bases), arm_values(mine_b, b, metrics, shared, bases))
 
 
 def _select(items: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """The per-item rows of these (run_id, checkpoint) cells (their runs' rows first: a merge on the whole
-    table costs more than the filter)."""
+    """The per-item rows of these (run_id, checkpoint) cells with their base_id (their runs' rows first: a
+    merge on the whole table costs more than the filter)."""
     mine = items[items.run_id.isin(set(cells.run_id))]
-    return mine.merge(cells[["run_id", "checkpoint"]].drop_duplicates(), on=["run_id", "checkpoint"])
+    keep = [c for c in ("run_id", "checkpoint", "base_id", "duration") if c in cells]
+    return mine.merge(cells[keep].drop_duplicates(), on=["run_id", "checkpoint"])
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
-    return df[["run_id", "checkpoint"]].drop_duplicates()
+    return df[["run_id", "checkpoint", "base_id"]].drop_duplicates()
 
 
 def _paper_panel(paper: pd.DataFrame, domain: str, regime: str) -> pd.DataFrame:
@@ -75,51 +83,69 @@ def _paper_value(last: pd.DataFrame, method: str, rank: float | None, metric: st
     return float(rows.value.iloc[0]) if len(rows) else None
 
 
-def _row(claim: str, statement: str, panel: str, iv: Interval, expected: int, paper: float | None,
-         against_base: bool = False) -> dict:
-    """One claim row; n_seeds is the fewer of the two arms' seeds (the trained arm's against the one base)."""
-    seeds = max(iv.n_seeds) if against_base else min(iv.n_seeds)
+def _row(claim: str, statement: str, panel: str, iv: Interval, expected: int, paper: float | None) -> dict:
+    """One claim row; n_bases: the bases both arms were fine-tuned from; per_base: the estimate on each."""
     return {"claim": claim, "statement": statement, "panel": panel, "estimate": iv.estimate, "ci_low": iv.low,
-            "ci_high": iv.high, "n_seeds": seeds, "n_items": iv.n_items,
-            "verdict": verdict(iv, expected), "paper": paper}
+            "ci_high": iv.high, "n_bases": iv.n_bases, "n_items": iv.n_items,
+            "verdict": verdict(iv, expected), "paper": paper, "per_base": " ".join(f"{v:+.4f}" for v in iv.per_base)}
 
 
-def _main_runs(df: pd.DataFrame) -> pd.DataFrame:
-    return df[(df.method != "base") & df.arm.isin(MAIN_ARMS) & (df.status == "completed")]
+def _main_runs(df: pd.DataFrame, profile: Profile) -> pd.DataFrame:
+    """Completed runs of the main grid, also a candidate another arm lists too (the `lr` arm's rates), under
+    the main arm's name."""
+    owners = {s.run_id: s.arm for s in selection_runs(profile) if s.arm in MAIN_ARMS}
+    rows = df[(df.method != "base") & (df.status == "completed") & (df.arm.isin(MAIN_ARMS) | df.run_id.isin(owners))]
+    return rows.assign(arm=[owners.get(r, a) for r, a in zip(rows.run_id, rows.arm)])
 
 
-def chosen_runs(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
+def claim_row(claim: str, statement: str, panel: str, items: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame,
+              metrics: list[str], paper: float | None = None, expected: int = +1) -> dict:
+    """One claim: score(a) - score(b) on `metrics` with its interval and verdict; `cannot tell` when the arms
+    share no base (a comparison across bases is no comparison)."""
+    if not set(a.base_id) & set(b.base_id):
+        return {"claim": claim, "statement": statement + ": the arms share no base model", "panel": panel,
+                "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_bases": 0, "n_items": np.nan,
+                "verdict": CANNOT_TELL, "paper": paper, "per_base": ""}
+    return _row(claim, statement, panel, compare_arms(items, a, b, metrics), expected, paper)
+
+
+def base_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The base models' rows (one run per base, `base`, `base-1`, ...)."""
+    return df[df.method == "base"]
+
+
+def chosen_runs(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """The main grid's completed rows at the validation-chosen rates (every seed)."""
-    return keep_chosen(profile, _main_runs(df))
+    return keep_chosen(profile, _main_runs(df, profile), items, results=df)
 
 
-def main_grid(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
-    """What Figs 1-3 draw: the base and the main grid at its validation-chosen rates (every seed), without the
+def main_grid(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """What Figs 1-3 draw: the bases and the main grid at its validation-chosen rates (every seed), without the
     other candidates and the extra arms."""
-    return pd.concat([df[df.run_id == BASE_ID], chosen_runs(profile, df)], ignore_index=True)
+    return pd.concat([base_rows(df), chosen_runs(profile, df, items)], ignore_index=True)
 
 
-def other_rate_runs(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the main grid's candidate runs at the rate validation did not choose (seed 0 only)."""
-    table = candidates(profile, df)
+def other_rate_runs(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the main grid's candidate runs at the rates validation did not choose (the first seed only)."""
+    table = candidates(profile, df, items)
     decided = table.groupby(GROUP, dropna=False, sort=False).chosen.transform("any")
     other = set(table[decided & ~table.chosen].run_id)
-    runs = _main_runs(df)
+    runs = _main_runs(df, profile)
     return runs[runs.run_id.isin(other)]
 
 
 def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: pd.DataFrame,
                 lora_rate: str = "chosen") -> pd.DataFrame:
     """The paper's headline claims per panel at its longest duration, with intervals: full FT learns more than
-    each LoRA rank, each LoRA rank forgets less than full FT, and (CPT) full FT learns beyond the base.
+    each LoRA rank, each LoRA rank forgets less than full FT, and full FT learns beyond the base.
     The paper's number is the same difference on its Tables S1-S8, at the rank with the same share of the width.
     `lora_rate="other"`: the same claims with LoRA at its other candidate rate (full FT at its chosen one), so a
     reader sees how much the verdicts hang on the LoRA/full learning-rate ratio (claim ids `other-rate/...`)."""
-    chosen = chosen_runs(profile, df)
+    chosen = chosen_runs(profile, df, items)
     if lora_rate not in ("chosen", "other"):
         raise ValueError(f"lora_rate must be 'chosen' or 'other', not {lora_rate!r}")
-    lora_runs = chosen if lora_rate == "chosen" else other_rate_runs(profile, df)
-    prefix, base = ("" if lora_rate == "chosen" else "other-rate/"), df[df.run_id == BASE_ID]
+    lora_runs = chosen if lora_rate == "chosen" else other_rate_runs(profile, df, items)
+    prefix, base = ("" if lora_rate == "chosen" else "other-rate/"), base_rows(df)
     forget = forgetting_metrics(profile)
     # the mini base's ranks map to the paper's by share of the width; a pretrained base is compared rank for rank
     width = profile.base.architecture.hidden_size if profile.base.kind == "mini" else PAPER_HIDDEN_SIZE
@@ -134,58 +160,58 @@ def main_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, paper: 
         pp = _paper_panel(paper, domain, regime)
         paper_full = {m: _paper_value(pp, "full", None, m) for m in ("learning", "forgetting_avg")}
         full_lr = float(full.learning_rate.iloc[0])
-        for rank, lora in lg[lg.duration == g.duration.max()].groupby("lora_rank"):
-            r = int(rank)
+        for (rank, lr), lora in lg[lg.duration == g.duration.max()].groupby(["lora_rank", "learning_rate"]):
+            r, tag = int(rank), "" if lora_rate == "chosen" else f"/lr{lr:g}"  # other rates: one claim each
             paper_rank = r * PAPER_HIDDEN_SIZE / width
             pl = {m: _paper_value(pp, "lora", paper_rank, m) for m in ("learning", "forgetting_avg")}
             gap = lambda m, sign: None if None in (paper_full[m], pl[m]) else sign * (paper_full[m] - pl[m])
-            at = "" if lora_rate == "chosen" else f" (LoRA at {float(lora.learning_rate.iloc[0]) / full_lr:.3g}x full FT's rate)"
-            iv = compare_arms(items, _cells(full), _cells(lora), learn, seed=len(rows))
-            rows.append(_row(f"{prefix}full-learns-more/{domain}-{regime}/r{r}",
-                             f"full fine-tuning learns more than LoRA r={r}{at}", panel, iv, +1, gap("learning", 1)))
+            at = "" if lora_rate == "chosen" else f" (LoRA at {lr / full_lr:.3g}x full FT's rate)"
+            rows.append(claim_row(f"{prefix}full-learns-more/{domain}-{regime}/r{r}{tag}",
+                                  f"full fine-tuning learns more than LoRA r={r}{at}", panel, items, _cells(full),
+                                  _cells(lora), learn, gap("learning", 1)))
             if (items.metric == nll[0]).any():  # the same, decoding-free: LoRA's answer NLL above full FT's
-                iv = compare_arms(items, _cells(lora), _cells(full), nll, seed=len(rows))
-                rows.append(_row(f"{prefix}full-learns-more-nll/{domain}-{regime}/r{r}",
-                                 f"full fine-tuning learns more than LoRA r={r}{at} (answer NLL)", panel, iv, +1, None))
-            iv = compare_arms(items, _cells(lora), _cells(full), forget, seed=len(rows))
-            rows.append(_row(f"{prefix}lora-forgets-less/{domain}-{regime}/r{r}",
-                             f"LoRA r={r} forgets less than full fine-tuning{at}", panel, iv, +1,
-                             gap("forgetting_avg", -1)))
-        if regime == "cpt" and not base.empty and lora_rate == "chosen":
-            iv = compare_arms(items, _cells(full), _cells(base), learn, seed=len(rows))
-            rows.append(_row(f"cpt-learns/{domain}", "continued pre-training teaches the target domain "
-                             "(full FT at the longest budget beats the base)", panel, iv, +1, None, True))
-            if (items.metric == nll[0]).any():  # decoding-free: the reference answers' NLL falls if CPT taught
-                iv = compare_arms(items, _cells(base), _cells(full), nll, seed=len(rows))
-                rows.append(_row(f"cpt-learns-nll/{domain}", "continued pre-training teaches the target domain "
-                                 "(full FT's answer NLL on the test references below the base's)", panel, iv, +1,
-                                 None, True))
+                rows.append(claim_row(f"{prefix}full-learns-more-nll/{domain}-{regime}/r{r}{tag}",
+                                      f"full fine-tuning learns more than LoRA r={r}{at} (answer NLL)", panel, items,
+                                      _cells(lora), _cells(full), nll))
+            rows.append(claim_row(f"{prefix}lora-forgets-less/{domain}-{regime}/r{r}{tag}",
+                                  f"LoRA r={r} forgets less than full fine-tuning{at}", panel, items, _cells(lora),
+                                  _cells(full), forget, gap("forgetting_avg", -1)))
+        if not base.empty and lora_rate == "chosen":  # fine-tuning teaches the domain at all (each run vs its base)
+            what = {"cpt": "continued pre-training", "ift": "instruction fine-tuning"}[regime]
+            rows.append(claim_row(f"{regime}-learns/{domain}", f"{what} teaches the target domain (full FT at the "
+                                  "longest duration beats the base)", panel, items, _cells(full), _cells(base), learn))
+            if (items.metric == nll[0]).any():  # decoding-free: the reference answers' NLL falls if it taught
+                rows.append(claim_row(f"{regime}-learns-nll/{domain}", f"{what} teaches the target domain (full "
+                                      "FT's answer NLL on the test references below the base's)", panel, items,
+                                      _cells(base), _cells(full), nll))
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- forgetting at matched learning
-def _stack(mine: pd.DataFrame, cells: pd.DataFrame, metric: str, columns: list[str]) -> np.ndarray:
-    """(seeds, durations, items) values of one metric over an arm's cells (cells: run_id, checkpoint, duration;
-    `mine`: the arm's per-item rows, `_select`)."""
-    mine = mine[mine.metric == metric].merge(cells[["run_id", "checkpoint", "duration"]])
-    grid = mine.pivot_table(index=["run_id", "duration"], columns="item", values="value")
-    runs, durations = sorted(cells.run_id.unique()), sorted(cells.duration.unique())
-    grid = grid.reindex(index=pd.MultiIndex.from_product([runs, durations]), columns=columns)
+def _stack(mine: pd.DataFrame, cells: pd.DataFrame, metric: str, columns: list[str], bases: list[str]) -> np.ndarray:
+    """(bases, durations, items) values of one metric over an arm's cells (cells: run_id, checkpoint, duration,
+    base_id; `mine`: the arm's per-item rows, `_select`), an arm's runs on one base averaged."""
+    mine = mine[mine.metric == metric]
+    grid = mine.pivot_table(index=["base_id", "duration"], columns="item", values="value")
+    durations = sorted(cells.duration.unique())
+    grid = grid.reindex(index=pd.MultiIndex.from_product([bases, durations]), columns=columns)
     if grid.isna().any().any():
-        raise ValueError(f"per-item {metric} incomplete for runs {runs[:2]} at durations {durations}")
-    return grid.to_numpy(dtype=float).reshape(len(runs), len(durations), len(columns))
+        raise ValueError(f"per-item {metric} incomplete for runs {sorted(cells.run_id.unique())[:2]} "
+                         f"at durations {durations}")
+    return grid.to_numpy(dtype=float).reshape(len(bases), len(durations), len(columns))
 
 
-def _curve(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Learning and forgetting (the mean of the sets) per duration, on the data as they are."""
-    means = [a.mean(axis=(0, 2)) for a in arrays]
+def _curve(arrays: list[np.ndarray], rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """Learning and forgetting (the mean of the sets) per duration over `rows` (bases), on the data as they are."""
+    means = [a[rows].mean(axis=(0, 2)) for a in arrays]
     return means[0], np.mean(means[1:], axis=0)
 
 
-def _resampled_curves(arrays: list[np.ndarray], items: list[np.ndarray], seeds: np.ndarray
+def _resampled_curves(arrays: list[np.ndarray], items: list[np.ndarray], row: int
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Learning and forgetting per resample and duration, (n_boot, durations) each."""
-    means = [resampled_mean(a, seeds, draw) for a, draw in zip(arrays, items)]
+    """Learning and forgetting of one base (`row`) per item resample and duration, (n_boot, durations) each."""
+    only = np.zeros((len(items[0]), 1), dtype=int)
+    means = [resampled_mean(a[row:row + 1], only, draw) for a, draw in zip(arrays, items)]
     return means[0], np.mean(means[1:], axis=0)
 
 
@@ -197,49 +223,52 @@ def _at(level: float, base: tuple[np.ndarray, np.ndarray], arm: tuple[np.ndarray
 
 
 def matched_forgetting(items: pd.DataFrame, full: pd.DataFrame, lora: pd.DataFrame, base: pd.DataFrame,
-                       learn: str, forget: list[str], *, n_boot: int = 2000, level: float = 0.95,
+                       learn: str, forget: list[str], *, n_boot: int = 1000, level: float = 0.95,
                        seed: int = 0) -> tuple[Interval | None, float]:
-    """Forgetting of LoRA minus full FT at the same learning: each arm's curve of (learning, forgetting) over
-    its durations, starting at the base, is interpolated at the highest learning both reach. Resampled like
-    `intervals.difference` (items paired, seeds per arm). Returns (None, level) when that level is not above
-    the base's, i.e. when the arms share no learning to match on."""
+    """Forgetting of LoRA minus full FT at the same learning: on each base, each arm's curve of (learning,
+    forgetting) over its durations, starting at that base, is interpolated at the highest learning both arms
+    reach on average. The interval is `intervals.t_interval` of the per-base differences, its items' part the
+    variance of the base-averaged difference over item resamples (paired: one draw for every arm and base).
+    Returns (None, level) when that level is not above the bases', i.e. when there is no learning to match on."""
     metrics = [learn, *forget]
     arm_cells = {"full": full, "lora": lora, "base": base}
+    bases = sorted(set(full.base_id) & set(lora.base_id) & set(base.base_id))
+    if not bases:
+        raise ValueError("the arms share no base")
     mine = {name: _select(items, cells) for name, cells in arm_cells.items()}
     universe = {m: sorted(set.intersection(*(set(rows[rows.metric == m].item) for rows in mine.values())))
                 for m in metrics}
-    arms = {name: [_stack(mine[name], cells, m, universe[m]) for m in metrics] for name, cells in arm_cells.items()}
+    arms = {name: [_stack(mine[name], cells, m, universe[m], bases) for m in metrics]
+            for name, cells in arm_cells.items()}
     top = min(_curve(arms[a])[0].max() for a in ("full", "lora"))
     if top <= _curve(arms["base"])[0].max():
         return None, float(top)
-    n_seeds = {a: arms[a][0].shape[0] for a in arms}
-    *draws, s_full, s_lora = resample_draws(np.random.default_rng(seed), n_boot,
-                                            [len(universe[m]) for m in metrics] + [n_seeds["full"], n_seeds["lora"]])
-    every_base_run = np.broadcast_to(np.arange(n_seeds["base"]), (n_boot, n_seeds["base"]))  # the base is fixed
-    curves = {"base": _resampled_curves(arms["base"], draws, every_base_run),  # (learning, forgetting) per resample
-              "full": _resampled_curves(arms["full"], draws, s_full),
-              "lora": _resampled_curves(arms["lora"], draws, s_lora)}
-    on = {a: list(zip(*curves[a])) for a in curves}  # resample i -> its (learning, forgetting) per duration
-    diffs = np.array([_at(top, on["base"][i], on["lora"][i]) - _at(top, on["base"][i], on["full"][i])
-                      for i in range(n_boot)])
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    est = _at(top, _curve(arms["base"]), _curve(arms["lora"])) - _at(top, _curve(arms["base"]), _curve(arms["full"]))
-    iv = Interval(estimate=est, low=float(low), high=float(high), n_seeds=(n_seeds["lora"], n_seeds["full"]),
-                  n_items=sum(len(universe[m]) for m in forget))
-    return iv, float(top)
+    per_base = np.array([_at(top, _curve(arms["base"], slice(b, b + 1)), _curve(arms["lora"], slice(b, b + 1)))
+                         - _at(top, _curve(arms["base"], slice(b, b + 1)), _curve(arms["full"], slice(b, b + 1)))
+                         for b in range(len(bases))])
+    draws = resample_draws(np.random.default_rng(seed), n_boot, [len(universe[m]) for m in metrics])
+    resampled = np.zeros(n_boot)
+    for b in range(len(bases)):
+        on = {a: list(zip(*_resampled_curves(arms[a], draws, b))) for a in arms}  # resample -> its curve
+        resampled += [_at(top, on["base"][i], on["lora"][i]) - _at(top, on["base"][i], on["full"][i])
+                      for i in range(n_boot)]
+    resampled /= len(bases)
+    n_items = sum(len(universe[m]) for m in forget)
+    est, low, high = t_interval(per_base, float(resampled.var(ddof=1)), n_items, level)
+    return Interval(estimate=est, low=low, high=high, n_bases=len(bases), n_items=n_items,
+                    per_base=tuple(float(v) for v in per_base)), float(top)
 
 
 def matched_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> pd.DataFrame:
     """Per panel and rank: does LoRA forget less than full FT at the same learning (claim ids `matched/...`)?
     The comparison that tells "forgets less" from "learns less"; the paper reads it off its Fig 3. Learning is
     matched on the panel's score and, decoding-free, on the answer NLL (negated: higher is more learned)."""
-    runs = chosen_runs(profile, df)
-    base = df[df.run_id == BASE_ID][["run_id", "checkpoint", "duration"]].drop_duplicates()
+    runs = chosen_runs(profile, df, items)
+    base = base_rows(df)[["run_id", "checkpoint", "duration", "base_id"]].drop_duplicates()
     forget = forgetting_metrics(profile)
     rows = []
     for (domain, regime), g in runs.groupby(["domain", "regime"]):
-        full = g[g.method == "full"][["run_id", "checkpoint", "duration"]].drop_duplicates()
+        full = g[g.method == "full"][["run_id", "checkpoint", "duration", "base_id"]].drop_duplicates()
         if full.empty or base.empty:
             continue
         panel = f"{domain} {regime.upper()}"
@@ -247,7 +276,7 @@ def matched_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> p
         scored = items.assign(value=np.where(items.metric == nll, -items.value, items.value))
         for rank, lora in g[g.method == "lora"].groupby("lora_rank"):
             r = int(rank)
-            cells = lora[["run_id", "checkpoint", "duration"]].drop_duplicates()
+            cells = lora[["run_id", "checkpoint", "duration", "base_id"]].drop_duplicates()
             for learn, tag in ((f"learning_{domain}", ""), (nll, "-nll")):
                 if not (items.metric == learn).any():
                     continue
@@ -258,20 +287,23 @@ def matched_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> p
                 if iv is None:
                     rows.append({"claim": claim_id, "panel": panel, "verdict": CANNOT_TELL, "paper": None,
                                  "statement": statement + ": neither arm learns beyond the base, nothing to match",
-                                 "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_seeds": np.nan,
-                                 "n_items": np.nan})
+                                 "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_bases": np.nan,
+                                 "n_items": np.nan, "per_base": ""})
                     continue
                 rows.append(_row(claim_id, statement, panel, iv, +1, None))
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- what the study chose and where it sits
-def chosen_rates_table(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
-    """The learning-rate candidates of the main grid with their validation score (answer NLL, lower is better),
-    the chosen one marked, and each chosen LoRA rate's ratio to full FT's chosen rate in its panel."""
-    table = candidates(profile, df)
-    table = table[table.arm.isin(MAIN_ARMS)][["domain", "regime", "method", "lora_rank", "learning_rate", "score",
-                                              "chosen"]].reset_index(drop=True)
+def chosen_rates_table(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """The learning-rate candidates of the main grid (listed, and the edge rates that trained) with their
+    validation score (answer NLL, lower is better; inf: diverged), the tie margin against the best, the chosen
+    one marked, and each chosen LoRA rate's ratio to full FT's chosen rate in its panel."""
+    table = candidates(profile, df, items)
+    trained = table.score.notna()
+    table = table[table.arm.isin(MAIN_ARMS) & trained][["domain", "regime", "method", "lora_rank", "learning_rate",
+                                                        "role", "score", "tie_se", "chosen"]]
+    table = table.sort_values(["domain", "regime", "method", "lora_rank", "learning_rate"]).reset_index(drop=True)
     full = table[(table.method == "full") & table.chosen].set_index(["domain", "regime"]).learning_rate
     table["ratio_to_full"] = [lr / full.get((d, r), np.nan) for d, r, lr in
                               zip(table.domain, table.regime, table.learning_rate)]
@@ -284,15 +316,15 @@ def chance_levels(profile: Profile) -> dict[str, float]:
             for name, cfg in profile.eval.forgetting.items()}
 
 
-def headroom(df: pd.DataFrame, profile: Profile, ceiling: float = 0.95, margin: float = 0.05) -> pd.DataFrame:
+def headroom(df: pd.DataFrame, items: pd.DataFrame, profile: Profile, ceiling: float = 0.95, margin: float = 0.05) -> pd.DataFrame:
     """Each main-grid arm at its panel's longest duration (mean over seeds): learning against the ceiling 1 and
     the base's score, the forgetting sets' mean against its chance level. `at_ceiling`: learning at or above
     `ceiling`; `near_base`: learning within `margin` of the base's (the floor: the score barely moved);
     `near_chance`: forgetting within `margin` of chance - where differences between arms vanish."""
     chance = chance_levels(profile)
     floor = float(np.mean(list(chance.values())))
-    base = df[df.run_id == BASE_ID]
-    runs = chosen_runs(profile, df)
+    base = base_rows(df)
+    runs = chosen_runs(profile, df, items)
     rows = []
     for (domain, regime), g in runs.groupby(["domain", "regime"]):
         last = g[g.duration == g.duration.max()]
@@ -304,7 +336,7 @@ def headroom(df: pd.DataFrame, profile: Profile, ceiling: float = 0.95, margin: 
                          "duration": float(last.duration.iloc[0]), "learning": learn, "forgetting": forget,
                          "base_learning": start, "chance": floor, "at_ceiling": learn >= ceiling,
                          "near_base": bool(learn <= start + margin), "near_chance": forget <= floor + margin,
-                         "n_seeds": a.run_id.nunique()})
+                         "n_bases": a.base_id.nunique()})
     return pd.DataFrame(rows)
 
 
@@ -315,7 +347,7 @@ def ranks_table(profile: Profile, df: pd.DataFrame, out_root: Path) -> pd.DataFr
     """Each main-grid LoRA rank as r, r/d and its trainable share of the base's parameters (from the runs' own
     parameter counts), beside the paper's rank with the same share of the width."""
     width = profile.base.architecture.hidden_size if profile.base.kind == "mini" else PAPER_HIDDEN_SIZE
-    lora = _main_runs(df)
+    lora = _main_runs(df, profile)
     lora = lora[lora.method == "lora"].drop_duplicates("lora_rank").sort_values("lora_rank")
     runs = known_runs(profile, out_root).set_index("run_id")
     rows = []
@@ -336,13 +368,13 @@ def scale_facts(profile: Profile, df: pd.DataFrame, items: pd.DataFrame, claims:
     full = runs.merge(df[["run_id", "method"]].drop_duplicates(), on="run_id")
     full = full[full.method == "full"]
     params = float(full.total.median()) if len(full) else np.nan
-    grid = chosen_runs(profile, df)
+    grid = chosen_runs(profile, df, items)
     cpt, ift = grid[grid.regime == "cpt"], grid[grid.regime == "ift"]
-    base = items[items.run_id == BASE_ID]
+    base = items[items.run_id == BASE_ID]  # every base answers the same items
     scored = base[base.metric.str.startswith(("learning_",)) | base.metric.isin(forgetting_metrics(profile))]
     sizes = scored.groupby("metric").item.nunique()
-    seeds = grid.groupby(["domain", "regime", "method", grid.lora_rank.fillna(0)]).seed.nunique()
-    rates = chosen_rates_table(profile, df)
+    seeds = grid.groupby(["domain", "regime", "method", grid.lora_rank.fillna(0)]).base_id.nunique()
+    rates = chosen_rates_table(profile, df, items)
     ratios = rates[rates.chosen & (rates.method == "lora")].ratio_to_full.dropna()
     ranks = sorted(int(r) for r in grid[grid.method == "lora"].lora_rank.dropna().unique())
     width = profile.base.architecture.hidden_size if profile.base.kind == "mini" else PAPER_HIDDEN_SIZE
@@ -352,7 +384,7 @@ def scale_facts(profile: Profile, df: pd.DataFrame, items: pd.DataFrame, claims:
         "cpt_tokens": f"{cpt.tokens_seen.max():,.0f}" if len(cpt) else "no",
         "ift_epochs": f"{ift.duration.max():g}" if len(ift) else "no",
         "items": _span(sizes.min(), sizes.max()) if len(sizes) else "no",
-        "seeds": _span(seeds.min(), seeds.max()) if len(seeds) else "no",
+        "seeds": _span(seeds.min(), seeds.max()) if len(seeds) else "no",  # one run per base: bases = seeds
         "ranks": ", ".join(f"r = {r} ({100 * r / width:.3g}% of d)" for r in ranks) or "no LoRA ranks",
         "lr_ratios": _span(ratios.min(), ratios.max(), "{:.3g}") + "×" if len(ratios) else "not chosen",
         "n_claims": f"{len(claims)}",

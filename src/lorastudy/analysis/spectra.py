@@ -120,7 +120,8 @@ def matrix_spectra(profile: Profile, out_root: Path, spec: RunSpec, label: str, 
                    base: torch.nn.Module | None = None) -> pd.DataFrame:
     """Singular values and cumulative explained variance of W_base, W_ft and ΔW for one matrix (Fig S7):
     whether the update is as high-rank as the weights themselves."""
-    base = base if base is not None else load_base_fp32(profile)
+    base = base if base is not None and profile.base.index(spec.seed) == 0 else load_base_fp32(
+        profile, profile.base.index(spec.seed))  # `base`: the first base, given to spare a load
     w0 = base_matrices(base)[(layer, module)]
     tuned = load_checkpoint(profile, out_root, spec, label)
     delta = next(d for lay, mod, d in weight_deltas(base, tuned) if (lay, mod) == (layer, module))

@@ -23,7 +23,7 @@ from lorastudy.evaluation.code import evaluate_samples
 from lorastudy.evaluation.generate import Stop, generate
 from lorastudy.evaluation.math import score_gsm8k
 from lorastudy.io import read_json, write_json, write_jsonl
-from lorastudy.layout import BASE_ID, Layout, RunPaths
+from lorastudy.layout import Layout, RunPaths, base_run_id
 from lorastudy.modeling import device, load_base, load_finetuned, profile_tokenizer
 
 
@@ -166,18 +166,20 @@ def result_rows(run_id: str, meta: dict[str, Any], metrics: dict[str, float], se
     return [{**base, "metric": m, "value": float(v)} for m, v in metrics.items()]
 
 
-def evaluate_base(profile: Profile, out_root: Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """The base model on everything (both domains), cached at OUT/base/eval.json."""
-    path = Layout(out_root).base_eval
+def evaluate_base(profile: Profile, out_root: Path, *, progress: bool = True, index: int = 0
+                  ) -> list[dict[str, Any]]:
+    """Base model `index` on everything (both domains), cached at OUT/base/eval.json (eval-N.json for N > 0)."""
+    path = Layout(out_root).base_eval_of(index)
     if path.is_file():
         return read_json(path)["rows"]
-    model, tok = load_base(profile)
+    model, tok = load_base(profile, index=index)
     model = model.to(device())
     start = time.perf_counter()
+    out_dir = path.parent if index == 0 else path.parent / base_run_id(index)  # each base's completions apart
     metrics, items = evaluate_model(model, tok, profile, domains=list(profile.eval.learning), progress=progress,
-                                    out_dir=path.parent)
+                                    out_dir=out_dir)
     meta = {"checkpoint": "base", "duration": 0, "duration_unit": None, "tokens_seen": 0, "step": 0}
-    rows = result_rows(BASE_ID, meta, metrics, time.perf_counter() - start)
+    rows = result_rows(base_run_id(index), meta, metrics, time.perf_counter() - start)
     write_json(path, {"rows": rows, "items": items})
     return rows
 
@@ -196,7 +198,8 @@ def evaluate_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bo
             start = time.perf_counter()
             # merged: base + adapter as one set of weights, the same function up to rounding (scores equal, NLLs
             # ~1e-8 apart) and, on CPU, ~17% less evaluation time for a LoRA run (no adapter dispatch per layer)
-            model = load_finetuned(profile, spec.method, paths.checkpoint(label), merge=True).to(device())
+            model = load_finetuned(profile, spec.method, paths.checkpoint(label), merge=True,
+                                   base_index=profile.base.index(spec.seed)).to(device())
             loaded = time.perf_counter()
             metrics, items = evaluate_model(model, tok, profile, domains=[spec.domain], progress=progress,
                                             out_dir=paths.eval_outputs(label),
