@@ -78,13 +78,14 @@ def test_sweep_runs_every_notebook_and_writes_results(uninterrupted: Path) -> No
         assert (d / "results.json").is_file()
     assert (uninterrupted / "analyses" / "10_learning_forgetting.ipynb").is_file()
     df = pd.read_csv(uninterrupted / "results.csv")
-    assert set(df.run_id) == {"base", *(s.run_id for s in runs)}
+    assert set(df.run_id) == {"base", "base-1", *(s.run_id for s in runs)}  # tiny's two bases
+    assert df.groupby("run_id").base_id.nunique().eq(1).all() and df.base_id.nunique() == 2
     for col in ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
                 "seed", "duration_unit", "duration", "tokens_seen", "metric", "value"]:
         assert col in df.columns
     assert {"forgetting_avg", "learning_code", "learning_math", "heldout_source_loss"} <= set(df.metric)
     # the validation NLL that tuning reads is measured at each run's longest duration, and only there
-    trained = df[df.run_id != "base"]
+    trained = df[df.method != "base"]
     val = trained[trained.metric.str.startswith("val_answer_nll_")]
     longest = trained.groupby("run_id").duration.transform("max")
     assert set(val.run_id) == set(trained.run_id)
@@ -121,8 +122,8 @@ def test_chapter_10_keeps_what_the_base_and_each_main_grid_run_wrote(uninterrupt
     sample = pd.read_parquet(layout.summary_table("10_learning_forgetting-completions"))
     base = sample[sample.run_id == "base"]
     assert set(base.domain) == {"code", "math"} and base.groupby("domain").size().eq(8).all()
-    grid = main_grid(load_profile("tiny"), table(uninterrupted))
-    runs = set(grid.run_id) - {"base"}
+    grid = main_grid(load_profile("tiny"), table(uninterrupted), collect_items(load_profile("tiny"), uninterrupted))
+    runs = set(grid[grid.method != "base"].run_id)
     assert set(sample.run_id) == {"base", *runs}
     run_id = sorted(r for r in runs if r.startswith("math-"))[0]
     longest = grid[grid.run_id == run_id].sort_values("duration").checkpoint.iloc[-1]
@@ -174,8 +175,8 @@ def test_claims_command_gives_verdicts_consistent_with_intervals(uninterrupted: 
     from io import StringIO
 
     claims = pd.read_csv(StringIO(proc.stdout))
-    assert list(claims.columns) == ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_seeds",
-                                    "n_items", "verdict", "paper"]
+    assert list(claims.columns) == ["claim", "statement", "panel", "estimate", "ci_low", "ci_high", "n_bases",
+                                    "n_items", "verdict", "paper", "per_base"]
     assert len(claims) > 0 and claims.claim.is_unique
     excludes_zero = (claims.ci_low > 0) | (claims.ci_high < 0)  # False where untestable (no interval)
     assert (claims.verdict[~excludes_zero] == "cannot tell").all()
@@ -220,10 +221,10 @@ def test_killed_sweep_resumes_to_the_same_table(uninterrupted: Path, env: dict[s
     for path in [*out.rglob("*.json"), *out.rglob("*.ipynb")]:
         json.loads(path.read_text())
     a, b = table(uninterrupted), table(out)
-    a = a[a.run_id.isin(["base", *KILL_RUNS])]
+    a = a[(a.method == "base") | a.run_id.isin(KILL_RUNS)]
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=False, rtol=1e-6)
     items_a, items_b = collect_items(load_profile("tiny"), uninterrupted), collect_items(load_profile("tiny"), out)
-    items_a = items_a[items_a.run_id.isin(["base", *KILL_RUNS])].reset_index(drop=True)
+    items_a = items_a[items_a.run_id.isin(["base", "base-1", *KILL_RUNS])].reset_index(drop=True)
     pd.testing.assert_frame_equal(items_a, items_b.reset_index(drop=True), check_exact=False, rtol=1e-6)
 
 
