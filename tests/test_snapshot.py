@@ -22,13 +22,13 @@ from lorastudy.summaries import SummaryUnavailable, checkpoint_sources, summary
 
 CLAIMS = pd.DataFrame([
     {"claim": "full-learns-more/code-ift/r2", "statement": "full fine-tuning learns more than LoRA r=2",
-     "panel": "code IFT", "estimate": 0.12, "ci_low": 0.05, "ci_high": 0.19, "n_seeds": 3, "n_items": 210,
+     "panel": "code IFT", "estimate": 0.12, "ci_low": 0.05, "ci_high": 0.19, "n_bases": 3, "n_items": 210,
      "verdict": "agrees", "paper": 0.03},
     {"claim": "lora-forgets-less/code-ift/r2", "statement": "LoRA r=2 forgets less than full fine-tuning",
-     "panel": "code IFT", "estimate": -0.01, "ci_low": -0.04, "ci_high": 0.02, "n_seeds": 3, "n_items": 600,
+     "panel": "code IFT", "estimate": -0.01, "ci_low": -0.04, "ci_high": 0.02, "n_bases": 3, "n_items": 600,
      "verdict": "cannot tell", "paper": float("nan")},
     {"claim": "matched/math-cpt/r8", "statement": "LoRA r=8 forgets less at matched learning", "panel": "math CPT",
-     "estimate": -0.2, "ci_low": -0.3, "ci_high": -0.1, "n_seeds": 2, "n_items": 600, "verdict": "disagrees",
+     "estimate": -0.2, "ci_low": -0.3, "ci_high": -0.1, "n_bases": 2, "n_items": 600, "verdict": "disagrees",
      "paper": float("nan")},
 ])
 
@@ -144,7 +144,7 @@ def test_verdict_sentences_say_what_the_table_says():
     assert len(bullets) == len(CLAIMS)
     assert text.startswith("Of 3 claims, 1 agree, 1 disagree, 1 cannot tell.")
     assert "- **agrees**: code IFT: full fine-tuning learns more than LoRA r=2 (ours +0.120, 95% interval " \
-           "[+0.050, +0.190], 3 seeds; paper +0.030)." in bullets
+           "[+0.050, +0.190], 3 bases; paper +0.030)." in bullets
     assert "paper" not in bullets[1]  # no paper number: none is printed
     measured = pd.DataFrame([{"statement": "ΔW is below the base's rank", "paper": True, "ours": False,
                               "verdict": "disagrees", "detail": "mean 40 against 30"}])
