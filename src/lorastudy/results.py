@@ -104,11 +104,17 @@ def collect_items(profile: Profile, out_root: Path | None = None) -> pd.DataFram
         record = read_json(path)
         if record.get("rows"):
             add(record["rows"][0]["run_id"], record["rows"][0]["checkpoint"], record)
+    df = _item_table(frames)
+    return df.sort_values(["run_id", "checkpoint", "metric", "item"], kind="stable").reset_index(drop=True)
+
+
+def _item_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-item frames as one table in ITEM_COLUMNS, item ids as strings (empty: the columns alone)."""
     if not frames:
         return pd.DataFrame(columns=ITEM_COLUMNS)
     df = pd.concat(frames, ignore_index=True)[ITEM_COLUMNS]
     df["item"] = df["item"].astype(str)
-    return df.sort_values(["run_id", "checkpoint", "metric", "item"], kind="stable").reset_index(drop=True)
+    return df
 
 
 def selection_items(profile: Profile, out_root: Path | None = None) -> pd.DataFrame:
@@ -128,11 +134,7 @@ def selection_items(profile: Profile, out_root: Path | None = None) -> pd.DataFr
         vals = [i for i in record.get("items", []) if i["metric"].startswith("val_answer_nll_")]
         if vals:
             frames.append(pd.DataFrame(vals).assign(run_id=spec.run_id, checkpoint=label))
-    if not frames:
-        return pd.DataFrame(columns=ITEM_COLUMNS)
-    df = pd.concat(frames, ignore_index=True)[ITEM_COLUMNS]
-    df["item"] = df["item"].astype(str)
-    return df
+    return _item_table(frames)
 
 
 def stale_runs(profile: Profile, out_root: Path | None = None) -> dict[str, str]:

@@ -27,7 +27,7 @@ from lorastudy.plan import EDGES, RunSpec, plan_runs, selection_runs
 GROUP = ["arm", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "weight_decay",
          "attention_dropout", "use_rslora", "optimizer"]
 TIE_SE = 1.0  # a candidate within this many paired standard errors of the best validation NLL ties with it
-COLUMNS = [*GROUP, "learning_rate", "role", "run_id", "score", "diverged", "tie_se", "chosen"]
+COLUMNS = [*GROUP, "learning_rate", "role", "run_id", "score", "diverged", "tie_se", "needed", "chosen"]
 
 
 def selection_metric(domain: str) -> str:
@@ -92,7 +92,8 @@ def _decide(rows: list[dict[str, Any]]) -> tuple[bool, str | None]:
 def candidates(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Per group and candidate rate (listed and edge): the first-seed run's validation score at its longest
     duration (NaN until it is done, inf if it diverged), whether it diverged, its paired standard errors' tie
-    margin against the best, and `chosen`. `items`: per-item rows holding at least the validation metric."""
+    margin against the best, `needed` (an edge rate the listed candidates ask for) and `chosen`. `items`:
+    per-item rows holding at least the validation metric."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for spec in selection_runs(profile):
         if spec.selection not in ("candidate", *EDGES):
@@ -107,6 +108,7 @@ def candidates(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.Da
         best = _best(trained) if decided else None
         for r in rows:
             r["tie_se"] = _paired_se(r["values"], best["values"]) if best and r is not best else math.nan
+            r["needed"] = edge is not None and r["role"] == edge
             r["chosen"] = False
         if best is not None:
             tied = [r for r in trained if r is best or (math.isfinite(r["score"]) and
@@ -116,25 +118,13 @@ def candidates(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.Da
     return pd.DataFrame(out, columns=COLUMNS)
 
 
-def edges_needed(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> set[str]:
-    """Run ids of the edge candidates the listed candidates' results ask for."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for spec in selection_runs(profile):
-        if spec.selection in ("candidate", *EDGES):
-            groups.setdefault(group_key(spec), []).append(
-                {"learning_rate": spec.learning_rate, "role": spec.selection, "run_id": spec.run_id,
-                 **_scored(spec, df, items)})
-    needed = set()
-    for rows in groups.values():
-        edge = _decide(rows)[1]
-        needed |= {r["run_id"] for r in rows if edge and r["role"] == edge}
-    return needed
+def _chosen(table: pd.DataFrame) -> dict[tuple, float]:
+    return {group_key(r): float(r.learning_rate) for _, r in table[table.chosen].iterrows()}
 
 
 def chosen_rates(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> dict[tuple, float]:
     """The chosen rate of every decided group."""
-    table = candidates(profile, df, items)
-    return {group_key(r): float(r.learning_rate) for _, r in table[table.chosen].iterrows()}
+    return _chosen(candidates(profile, df, items))
 
 
 def runs_to_train(profile: Profile, df: pd.DataFrame | None, items: pd.DataFrame | None = None) -> list[RunSpec]:
@@ -143,7 +133,8 @@ def runs_to_train(profile: Profile, df: pd.DataFrame | None, items: pd.DataFrame
     if df is None or items is None:
         chosen, edges = {}, set()
     else:
-        chosen, edges = chosen_rates(profile, df, items), edges_needed(profile, df, items)
+        table = candidates(profile, df, items)  # once: it reads every candidate's rows
+        chosen, edges = _chosen(table), set(table[table.needed].run_id)
     return [s for s in plan_runs(profile) if not awaits_selection(s) or s.run_id in edges
             or (s.selection == "seed" and chosen.get(group_key(s)) == s.learning_rate)]
 
