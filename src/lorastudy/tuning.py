@@ -115,7 +115,8 @@ def candidates(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.Da
                                                        r["score"] - best["score"] <= TIE_SE * r["tie_se"])]
             min(tied, key=lambda r: r["learning_rate"])["chosen"] = True
         out += [{k: v for k, v in r.items() if k != "values"} for r in rows]
-    return pd.DataFrame(out, columns=COLUMNS)
+    # an empty table's flag columns are object-typed: typed here, so a mask on them never selects columns
+    return pd.DataFrame(out, columns=COLUMNS).astype({"needed": bool, "chosen": bool, "diverged": bool})
 
 
 def _chosen(table: pd.DataFrame) -> dict[tuple, float]:
