@@ -6,10 +6,10 @@ BIN    := $(VENV)/bin
 PROFILE ?= mini
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser allocator test test-all mutation mini tiny book reproduce sweep clean help
+.PHONY: setup browser allocator lint test test-slow test-all mutation mini tiny book reproduce sweep clean help
 
 help:
-	@echo "make setup | test | test-all | mutation [MODULES=..] | mini | tiny | book [PROFILE=..] | reproduce PROFILE=.. | clean"
+	@echo "make setup | lint | test | test-slow | test-all | mutation [MODULES=..] | mini | tiny | book [PROFILE=..] | reproduce PROFILE=.. | clean"
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -25,18 +25,25 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the headless book check will be skipped"
 
-# Debian's tcmalloc, preloaded into training and evaluation (lorastudy/allocator.py: 12-17% faster training on
+# Debian's tcmalloc, preloaded into training and evaluation (lorastudy/engine/allocator.py: 12-17% faster training on
 # CPU, the same numbers); best effort: without it glibc's malloc is used
 allocator: $(STAMP)
-	@$(BIN)/python -c "from lorastudy.allocator import find_tcmalloc as f; raise SystemExit(f() is None)" 2>/dev/null || \
+	@$(BIN)/python -c "from lorastudy.engine.allocator import find_tcmalloc as f; raise SystemExit(f() is None)" 2>/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) ; } || \
 	  echo "tcmalloc not installed: training uses glibc's malloc (same numbers, slower)"
 
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+
+# the fast behavioural set (about 10 minutes on 2 cores); the end-to-end sweeps are marked slow
 test: $(STAMP) browser allocator
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+test-slow: $(STAMP) browser allocator
+	$(BIN)/python -m pytest -q --run-slow -m slow
+
+test-all: $(STAMP) browser allocator
 	$(BIN)/python -m pytest -q --run-slow
 
 # Opt-in, not in CI nor in `make test`: mutmut over the core modules, each with its own tests only, one module

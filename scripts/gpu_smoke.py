@@ -4,7 +4,7 @@
 2. trains a ~86M-parameter random-init Llama (hidden 768, 12 layers, seq 1024) and a random-init model of
    Qwen2.5-0.5B's shape (494M, GQA, vocabulary 151,936) in bf16 through the project's Trainer path, full FT and
    LoRA, each in its own process: tokens/s, peak memory (torch.cuda.max_memory_allocated) against the analytical
-   model (lorastudy.memory_model: Appendix H's states + activations; logits are not in it), and
+   model (lorastudy.perf.memory_model: Appendix H's states + activations; logits are not in it), and
    MFU = 6·N·tokens/s over the GPU's dense bf16 peak (989 TFLOPS for H100/H200, 312 for A100, from NVIDIA's
    data sheets; LORASTUDY_PEAK_TFLOPS overrides; LoRA's MFU uses the same 6·N, so it shows LoRA's slowdown);
 3. evaluates the tiny base once per kind: generation + sandboxed HumanEval-format scoring on the tiny world's
@@ -34,8 +34,8 @@ SEQ_LEN = 1024
 
 
 def peak_flops(name: str) -> float | None:
-    """Dense bf16 peak of this GPU by its name (lorastudy.estimate's table), or $LORASTUDY_PEAK_TFLOPS."""
-    from lorastudy.estimate import GPU_PEAK_BF16_FLOPS
+    """Dense bf16 peak of this GPU by its name (lorastudy.perf.estimate's table), or $LORASTUDY_PEAK_TFLOPS."""
+    from lorastudy.perf.estimate import GPU_PEAK_BF16_FLOPS
 
     if os.environ.get("LORASTUDY_PEAK_TFLOPS"):
         return float(os.environ["LORASTUDY_PEAK_TFLOPS"]) * 1e12
@@ -47,7 +47,7 @@ TINY_ARCHITECTURE = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "interm
 
 
 def bench_profile(out: Path, tiny: bool) -> Path:
-    """A profile file with the ~86M architecture at seq 1024 (or a small one at 128), for lorastudy.bench."""
+    """A profile file with the ~86M architecture at seq 1024 (or a small one at 128), for lorastudy.perf.bench."""
     raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     raw["name"] = "gpu-smoke"
     raw["base"]["architecture"] = TINY_ARCHITECTURE if tiny else ARCHITECTURE
@@ -60,7 +60,7 @@ def bench_profile(out: Path, tiny: bool) -> Path:
 
 def measure(profile: Path, mode: str, rank: int, batch: int, steps: int, shape: str | None) -> dict[str, Any]:
     """One training measurement in a fresh process, so that its peak memory is its own."""
-    code = ("import json, lorastudy.bench as b; "
+    code = ("import json, lorastudy.perf.bench as b; "
             f"print(json.dumps(b.measure({str(profile)!r}, {mode!r}, {rank}, {batch}, {steps}, {shape!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
@@ -70,9 +70,9 @@ def measure(profile: Path, mode: str, rank: int, batch: int, steps: int, shape: 
 
 def predicted_bytes(model: str, mode: str, r: dict[str, Any], batch: int, seq: int, tiny: bool) -> float:
     """Appendix H's model states (fp32 weights, grads and Adam for what trains; the frozen rest in fp32) plus
-    the bf16 activations lorastudy.memory_model counts for this shape."""
-    from lorastudy.bench import SHAPES
-    from lorastudy.memory_model import activation_bytes, model_state_bytes
+    the bf16 activations lorastudy.perf.memory_model counts for this shape."""
+    from lorastudy.perf.bench import SHAPES
+    from lorastudy.perf.memory_model import activation_bytes, model_state_bytes
 
     if model == "llama":
         a = TINY_ARCHITECTURE if tiny else ARCHITECTURE
@@ -113,7 +113,7 @@ def eval_rows(device: str) -> list[dict[str, Any]]:
     from lorastudy.data.sources import load_spec
     from lorastudy.evaluation.choice import score_choice
     from lorastudy.evaluation.run import evaluate_code, evaluate_math
-    from lorastudy.modeling import load_base
+    from lorastudy.train.modeling import load_base
 
     profile = load_profile("tiny")
     start = time.perf_counter()

@@ -5,7 +5,7 @@ import sys
 
 from lorastudy.config import load_profile
 from lorastudy.evaluation.probe import probe_base
-from lorastudy.modeling import load_base
+from lorastudy.train.modeling import load_base
 
 if __name__ == "__main__":
     profile = load_profile(sys.argv[1] if len(sys.argv) > 1 else "mini")

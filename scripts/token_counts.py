@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from lorastudy.base import strings, world_texts
 from lorastudy.config import load_profile
 from lorastudy.data.sources import world_dir
+from lorastudy.data.tokenizer import build_tokenizer
 from lorastudy.io import read_jsonl
-from lorastudy.tokenizer import build_tokenizer
+from lorastudy.train.base import strings, world_texts
 
 
 def main(argv: list[str]) -> int:

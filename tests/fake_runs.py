@@ -12,9 +12,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorastudy.config import TARGET_MODULES, Profile, load_profile
+from lorastudy.data.tokenizer import build_tokenizer
 from lorastudy.layout import Layout
-from lorastudy.modeling import quiet_loading
-from lorastudy.tokenizer import build_tokenizer
+from lorastudy.train.modeling import quiet_loading
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "Question: Tom has 3 apples. How many?\nAnswer: 3\n#### 3",
          "def neg(x):\n    return -x\n"]

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from lorastudy import allocator
-from lorastudy.notebooks import compute_env
+from lorastudy.engine import allocator
+from lorastudy.engine.notebook_exec import compute_env
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ LONG_MODULES: dict[str, str] = {}  # module -> why it may pass MAX_LINES (none t
 # Function-level imports of lorastudy modules, allowed where a cheap process must not pay for torch.
 LAZY_LORASTUDY_IMPORTS = {
     "cli.py": "each subcommand imports its module when it runs, so `--help` and `--dry-run` start without torch",
-    "sweep.py": "the sweep process runs notebooks; only profiles with released checkpoints evaluate in it",
-    "check.py": "the FSDP dry run needs accelerate; `lorastudy check` on a CPU profile never does",
+    "engine/sweep.py": "the sweep process runs notebooks; only profiles with released checkpoints evaluate in it",
+    "perf/check.py": "the FSDP dry run needs accelerate; `lorastudy check` on a CPU profile never does",
 }
 
 
@@ -99,7 +99,7 @@ def test_the_cycle_finder_finds_a_planted_cycle() -> None:
 def test_function_level_imports_are_seen(tmp_path: Path) -> None:
     path = PACKAGE / "cli.py"
     lazy = [m for m, _, top in imports(path) if not top]
-    assert "lorastudy.sweep" in lazy  # cmd_sweep imports it inside the function
+    assert "lorastudy.engine.sweep" in lazy  # cmd_sweep imports it inside the function
 
 
 def test_no_import_cycles() -> None:
@@ -183,11 +183,89 @@ def test_nothing_points_outside_the_repository() -> None:
     assert not hits, "\n".join(hits)
 
 
-def test_readme_layout_lists_every_module() -> None:
-    """The README's layout section names every module of the package, and only modules that exist."""
+def test_readme_layout_maps_the_package() -> None:
+    """The README's package map names every top-level module and package, and only modules that exist."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0].split("src/lorastudy/", 1)[1].split("```")[0]
-    listed = set(re.findall(r"([a-z_]+(?:/[a-z_]+)*\.py)", section))
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
     have = {str(p.relative_to(PACKAGE)) for p in MODULES.values() if p.name != "__init__.py"}
-    assert not have - listed, f"modules missing from the README layout: {sorted(have - listed)}"
-    assert not listed - have, f"README layout names modules that do not exist: {sorted(listed - have)}"
+    named = set(re.findall(r"\b([a-z_]+(?:/[a-z_]+)*\.py)\b", section))
+    top = {p for p in have if "/" not in p} | {f"{p.parent.name}/" for p in PACKAGE.glob("*/__init__.py")}
+    missing = [t for t in sorted(top) if t not in section]
+    assert not missing, f"top-level modules or packages missing from the README's map: {missing}"
+    unknown = sorted(n for n in named if n not in have and not any(h.endswith("/" + n) for h in have))
+    assert not unknown, f"the README's map names modules that do not exist: {unknown}"
+
+
+# The layers, lowest first: a module imports its own layer or lower ones only. A top-level module is `core`.
+LAYERS = ["core", "data", "train", "evaluation", "engine", "perf", "analysis", "figures", "publish", "cli"]
+# Imports that go up a layer, each with why (importer -> imported).
+UPWARD_ALLOWED = {
+    ("lorastudy.config", "lorastudy.data.world.settings"): "a profile embeds the generated world's settings model",
+    ("lorastudy.results", "lorastudy.train.base"): "each row names its base; stale runs are those of other weights",
+    ("lorastudy.train.base", "lorastudy.evaluation.choice"): "a built base records its own validation probes",
+    ("lorastudy.evaluation.released", "lorastudy.perf.estimate"): "the released checkpoints' plan is sized first",
+    ("lorastudy.evaluation.released", "lorastudy.perf.memory_model"): "as above: the paper's memory model",
+    ("lorastudy.engine.sweep", "lorastudy.analysis.claims"): "a sweep ends by writing claims.csv (lazily imported)",
+    ("lorastudy.analysis.chapter", "lorastudy.figures.style"): "a chapter notebook's one entry point sets the style",
+    ("lorastudy.analysis.chapter", "lorastudy.publish.snapshot"): "and checks the snapshot's inputs it reads",
+}
+TOP_LEVEL_MAX = 12  # modules at the package's top, besides its packages
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if module == "lorastudy.cli":
+        return "cli"
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return "core"
+
+
+def upward_imports() -> list[str]:
+    found = []
+    for name, path in MODULES.items():
+        for imported, line, _ in imports(path):
+            if imported in MODULES and LAYERS.index(layer(imported)) > LAYERS.index(layer(name)) \
+                    and (name, imported) not in UPWARD_ALLOWED:
+                found.append(f"{path.relative_to(PACKAGE)}:{line} ({layer(name)}) imports {imported} ({layer(imported)})")
+    return found
+
+
+def test_every_package_is_a_layer() -> None:
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert packages <= set(LAYERS), f"packages outside the layer order: {sorted(packages - set(LAYERS))}"
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    assert not upward_imports(), "\n".join(upward_imports())
+
+
+def test_every_allowed_upward_import_still_exists() -> None:
+    edges = {(name, imported) for name, path in MODULES.items() for imported, _, _ in imports(path)}
+    assert not set(UPWARD_ALLOWED) - edges, f"stale allow-list entries: {sorted(set(UPWARD_ALLOWED) - edges)}"
+
+
+def test_the_layer_rule_catches_a_planted_upward_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = imports
+
+    def planted(path: Path) -> list[tuple[str, int, bool]]:
+        extra = [("lorastudy.publish.book", 1, True)] if path == MODULES["lorastudy.plan"] else []
+        return real(path) + extra
+
+    monkeypatch.setitem(globals(), "imports", planted)
+    assert any("plan.py:1 (core) imports lorastudy.publish.book" in f for f in upward_imports())
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    private = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lorastudy"):
+                private += [f"{path.relative_to(PACKAGE)}:{node.lineno} {node.module}.{a.name}"
+                            for a in node.names if a.name.startswith("_")]
+    assert not private, "\n".join(private)
+
+
+def test_the_top_level_stays_small() -> None:
+    top = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= TOP_LEVEL_MAX, f"{len(top)} top-level modules: {top}"

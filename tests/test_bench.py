@@ -1,4 +1,4 @@
-"""The training benchmark's bookkeeping (`lorastudy.bench`: configurations, cache, processes) and the memory
+"""The training benchmark's bookkeeping (`lorastudy.perf.bench`: configurations, cache, processes) and the memory
 chapter's summaries of it (`lorastudy.analysis.memory`, `lorastudy.figures.memory`)."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from lorastudy import bench as harness
 from lorastudy.analysis import memory
 from lorastudy.config import load_profile
 from lorastudy.figures.memory import plot_bench
-from lorastudy.memory_model import llama_shapes
+from lorastudy.perf import bench as harness
+from lorastudy.perf.memory_model import llama_shapes
 
 
 @pytest.fixture(autouse=True)

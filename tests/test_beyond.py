@@ -7,14 +7,12 @@ import copy
 import pandas as pd
 import pytest
 import torch
-
 from fake_runs import FULL_ID, LORA_ID, TEXTS
+
 from lorastudy.analysis import beyond
 from lorastudy.analysis.checkpoints import finished_runs, load_base_fp32, load_checkpoint
-from lorastudy.modeling import load_tokenizer
 from lorastudy.results import COLUMNS
-
-
+from lorastudy.train.modeling import load_tokenizer
 
 
 def test_identical_models_have_no_intruders_and_zero_kl(base, tok) -> None:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from lorastudy import book, browser
-from lorastudy.book import BOOK_DIR, build_book, check_images
+from lorastudy.publish import book, browser
+from lorastudy.publish.book import BOOK_DIR, build_book, check_images
 from lorastudy.results import COLUMNS
 
 RUN_ID = "code-cpt-full-lr0.001-s0"

@@ -12,11 +12,11 @@ import nbformat
 import pandas as pd
 import pytest
 
-from lorastudy import browser
 from lorastudy.analysis.robustness import paired_verdicts, replicate_layouts, settled
-from lorastudy.book import BOOK_DIR, check_images, render_book
 from lorastudy.config import load_profile
 from lorastudy.layout import NOTEBOOKS, snapshot_layout
+from lorastudy.publish import browser
+from lorastudy.publish.book import BOOK_DIR, check_images, render_book
 
 PROFILE = load_profile("mini")
 SNAPSHOT = snapshot_layout("mini")

@@ -1,4 +1,4 @@
-"""lorastudy.browser in a real headless Chromium: a tiny HTML folder with images that load, one missing and
+"""lorastudy.publish.browser in a real headless Chromium: a tiny HTML folder with images that load, one missing and
 one that is not a PNG; check_pages reports exactly the broken ones and writes a screenshot of each page."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorastudy import browser
+from lorastudy.publish import browser
 
 pytestmark = pytest.mark.timeout(90)  # the browser's own timeouts fire first; this only stops a stuck driver
 

@@ -8,14 +8,19 @@ import warnings
 
 import pytest
 import torch
-
 from fake_runs import FULL_ID, LABEL, LORA_ID, write_run
-from lorastudy.analysis.checkpoints import (cached, finished_runs, fingerprint, load_checkpoint, missing_runs_note,
-                                            run_checkpoints, same_base)
+
+from lorastudy.analysis.checkpoints import (
+    cached,
+    fingerprint,
+    finished_runs,
+    load_checkpoint,
+    missing_runs_note,
+    run_checkpoints,
+    same_base,
+)
 from lorastudy.config import load_profile
 from lorastudy.layout import Layout
-
-
 
 
 def test_runs_on_another_base_are_left_out(fake, base, tmp_path) -> None:

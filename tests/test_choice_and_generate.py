@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lorastudy.data import prompts
 from lorastudy.data.adapters import load_records
 from lorastudy.data.records import MCItem
+from lorastudy.data.tokenizer import build_tokenizer
 from lorastudy.evaluation.choice import answer_nll, fewshot_prefix, heldout_loss, score_choice
-from lorastudy.data import prompts
 from lorastudy.evaluation.generate import generate, truncate_at_stop
-from lorastudy.tokenizer import build_tokenizer
 
 ITEMS = [
     MCItem(options=(("Alice lives in", " Paris."), ("Alice lives in", " Rome."), ("Alice lives in", " Oslo and Rome."))

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 
 import pytest
 from safetensors.torch import load_file
 
+from lorastudy.engine.notebook_exec import thread_env
 from lorastudy.layout import Layout
-from lorastudy.notebooks import thread_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "code-ift-lora-r8-a16-all-lr0.003-s0"  # LoRA with dropout: seeded data order, adapter init and masks

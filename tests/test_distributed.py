@@ -1,4 +1,4 @@
-"""Multi-process training: a 2-process data-parallel run (torchrun, gloo, CPU) through lorastudy.launch gives
+"""Multi-process training: a 2-process data-parallel run (torchrun, gloo, CPU) through lorastudy.train.launch gives
 the loss curve of a 1-process run with the same global batch; the committed FSDP config builds the plugin
 accelerate would give each process, and wraps the decoder layers of Llama and Qwen2 models."""
 from __future__ import annotations
@@ -12,13 +12,18 @@ import yaml
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from lorastudy.config import load_profile
-
-from lorastudy.plan import find_run
-from lorastudy.launch import (FSDP_CONFIG, fsdp_dry_run, inside_launcher, launch_command, run_profile,
-                              train_distributed)
-from lorastudy.tokenizer import build_tokenizer
-from lorastudy.finetune import train_run
+from lorastudy.data.tokenizer import build_tokenizer
 from lorastudy.layout import Layout
+from lorastudy.plan import find_run
+from lorastudy.train.finetune import train_in_process
+from lorastudy.train.launch import (
+    FSDP_CONFIG,
+    fsdp_dry_run,
+    inside_launcher,
+    launch_command,
+    run_profile,
+    train_distributed,
+)
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 SEQ = 32  # each document is bos + 30 words + eos: exactly one full block, so no batch is padded
@@ -66,7 +71,7 @@ def test_two_processes_match_one(hub_folder: tuple[Path, Path], tmp_path: Path) 
     one = load_profile(_profile_file(tmp_path, model, corpus, processes=1, batch=4))
     two = load_profile(_profile_file(tmp_path, model, corpus, processes=2, batch=2))
     spec = find_run(one, "code-cpt-full-lr0.003-s0")
-    single = train_run(one, spec, Layout(tmp_path / "one").run(spec.run_id).dir, progress=False)
+    single = train_in_process(one, spec, Layout(tmp_path / "one").run(spec.run_id).dir, progress=False)
 
     lines: list[str] = []
     double = train_distributed(two, spec, Layout(tmp_path / "two").run(spec.run_id).dir, echo=lines.append, cpu=True)

@@ -2,7 +2,6 @@
 (whitespace-normalised), the pass@k curve (unbiased estimator), the per-model summary and the verdict."""
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from lorastudy.analysis.diversity import Subject, diversity_summary, diversity_verdict, pass_at_k_curve, unique_counts

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from fake_runs import tiny_llama, tiny_tokenizer
 from torch import nn
 
-from lorastudy.dropout import MaskDropout, speed_up_lora_dropout
-from fake_runs import tiny_llama, tiny_tokenizer
+from lorastudy.train.dropout import MaskDropout, speed_up_lora_dropout
 
 
 def test_drop_rate_and_scale_match_nn_dropout() -> None:

@@ -24,6 +24,7 @@ from lorastudy.figures.sensitivity import plot_lr_sweep
 from lorastudy.figures.spectra import plot_rank_by_duration, plot_rank_by_layer
 from lorastudy.figures.style import PANELS, SEED_NOTE, savefig
 from lorastudy.paper import paper_tables
+from lorastudy.plan import method_label
 from lorastudy.results import COLUMNS, wide
 
 FIGURES = Path(__file__).resolve().parents[1] / "src" / "lorastudy" / "figures"
@@ -238,7 +239,7 @@ def seed_table(full_seeds=(0, 1, 2), lora_seeds=(0,), full_lrs=(1e-3,), lora_lrs
 def seed_selection(df: pd.DataFrame) -> pd.DataFrame:
     """code IFT's runs as the chapters' selections are: wide rows with a `label` per line."""
     sel = selection.panel_rows(df, "code", "ift")
-    return sel.assign(label=[style.method_label(m, r) for m, r in zip(sel.method, sel.lora_rank)], variant=0)
+    return sel.assign(label=[method_label(m, r) for m, r in zip(sel.method, sel.lora_rank)], variant=0)
 
 
 def bands(ax) -> list[PolyCollection]:

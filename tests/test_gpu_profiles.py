@@ -15,12 +15,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lorastudy.check import check_host_memory, check_launch, gpu_memory_need, hub_repos, training_memory_need
 from lorastudy.config import ReleasedCheckpoint, load_profile
 from lorastudy.data.examples import IGNORE, bos_ids, encode, pack_cpt, tokenize_ift
-from lorastudy.estimate import model_size
-from lorastudy.modeling import load_base, load_model, load_tokenizer
+from lorastudy.perf.check import check_host_memory, check_launch, gpu_memory_need, hub_repos, training_memory_need
+from lorastudy.perf.estimate import model_size
 from lorastudy.plan import plan_runs
+from lorastudy.train.modeling import load_base, load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["Question: Ann has 2 apples and buys 1 more. How many apples does she have?\nAnswer: 2 + 1 = 3.\n#### 3",
@@ -35,7 +35,7 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init Llama with a tokenizer, saved as a hub model folder is laid out."""
-    from lorastudy.tokenizer import build_tokenizer
+    from lorastudy.data.tokenizer import build_tokenizer
 
     path = tmp_path_factory.mktemp("hub") / "tiny-llama"
     tok = build_tokenizer(TEXTS)
@@ -109,7 +109,7 @@ def test_dry_run_prints_plan_and_cost(name: str, runs: int, tmp_path: Path) -> N
 
 
 def test_estimates_state_their_throughput() -> None:
-    from lorastudy.estimate import LORA_SLOWDOWN, MFU_PAPER_7B, training_tokens_per_s
+    from lorastudy.perf.estimate import LORA_SLOWDOWN, MFU_PAPER_7B, training_tokens_per_s
 
     assert 0.2 < MFU_PAPER_7B < 0.25  # Fig S10: ~42.5k tokens/s on 8xH100 for 7B
     assert training_tokens_per_s(6.74e9, "full") * 8 == pytest.approx(42_500, rel=1e-6)

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lorastudy.analysis.intervals import (AGREES, CANNOT_TELL, DISAGREES, Interval, bootstrap_difference, difference,
-                                          t_interval, verdict)
+from lorastudy.analysis.intervals import (
+    AGREES,
+    CANNOT_TELL,
+    DISAGREES,
+    Interval,
+    bootstrap_difference,
+    difference,
+    t_interval,
+    verdict,
+)
 
 
 def bernoulli(rng: np.random.Generator, p: np.ndarray, rows: int) -> np.ndarray:
@@ -152,7 +160,7 @@ def _arm_items(run: str, points: list[tuple[float, float, float]], n: int = 200)
 def _matched(lora_points: list[tuple[float, float, float]]):
     import pandas as pd
 
-    from lorastudy.analysis.learning_forgetting import matched_forgetting
+    from lorastudy.analysis.matched import matched_forgetting
     rows = (_arm_items("base", [(0, 0.0, 1.0)]) + _arm_items("full", [(1, 0.4, 0.8), (2, 0.8, 0.6)])
             + _arm_items("lora", lora_points))
     items = pd.DataFrame(rows)

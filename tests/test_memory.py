@@ -1,5 +1,5 @@
 """Appendix H's memory model against the printed Tables S14–S16, and exact LoRA sizes of Llama-2
-(`lorastudy.memory_model`), and the memory chapter's tables of them (`lorastudy.analysis.memory`)."""
+(`lorastudy.perf.memory_model`), and the memory chapter's tables of them (`lorastudy.analysis.memory`)."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ import json
 import pytest
 
 from lorastudy.analysis import memory
-from lorastudy.base import mini_base_dir
 from lorastudy.config import Architecture, load_profile
-from lorastudy.memory_model import (
+from lorastudy.paper import PAPER_PRINTED_GB, agrees_to_printed
+from lorastudy.perf.memory_model import (
     LLAMA2_7B,
     LLAMA2_70B,
     activation_bytes,
@@ -19,7 +19,7 @@ from lorastudy.memory_model import (
     model_state_bytes,
     paper_table,
 )
-from lorastudy.paper import PAPER_PRINTED_GB, agrees_to_printed
+from lorastudy.train.base import mini_base_dir
 
 GPUS = (1, 8, 16, 32, 64)
 GPUS_405B = (1, 8, 16, 32, 64, 128, 256)

@@ -17,12 +17,12 @@ import yaml
 from filelock import FileLock
 
 from lorastudy.config import load_profile
-from lorastudy.executors import LocalExecutor, Outcome, Plan, plan_workers
+from lorastudy.engine.executors import LocalExecutor, Outcome, Plan, plan_workers
+from lorastudy.engine.notebook_exec import thread_env
+from lorastudy.engine.runner import BUSY, run_locked
+from lorastudy.engine.sweep import run_sweep
 from lorastudy.layout import Layout
 from lorastudy.results import collect
-from lorastudy.notebooks import thread_env
-from lorastudy.runner import BUSY, run_locked
-from lorastudy.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "lorastudy.cli"]
@@ -109,6 +109,7 @@ def twice(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.slow
 def test_two_sweeps_at_once_train_every_run_once(twice: Path) -> None:
     for run_id in RUNS:
         assert len(attempts(twice, run_id)) == 1, f"{run_id} was trained {len(attempts(twice, run_id))} times"
@@ -117,6 +118,7 @@ def test_two_sweeps_at_once_train_every_run_once(twice: Path) -> None:
     assert not list(twice.rglob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_numbers_of_one(twice: Path, env: dict[str, str], tmp_path: Path) -> None:
     serial = tmp_path / "serial"
     proc = subprocess.run(sweep_cmd("tiny", serial, "--workers", "1", "--only", *RUNS), env=env, cwd=ROOT,
@@ -128,6 +130,7 @@ def test_two_workers_give_the_numbers_of_one(twice: Path, env: dict[str, str], t
                                   rows(serial).drop(columns=["eval_seconds"], errors="ignore"), check_exact=True)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_run_is_redone(env: dict[str, str], tmp_path: Path) -> None:
     out, run_id = tmp_path / "killed", RUNS[1]
     proc = subprocess.Popen(sweep_cmd("tiny", out, "--workers", "1", "--continue-on-error", "--only", run_id),
@@ -145,6 +148,7 @@ def test_a_killed_worker_run_is_redone(env: dict[str, str], tmp_path: Path) -> N
     assert Layout(out).run(run_id).done() and len(attempts(out, run_id)) == 2
 
 
+@pytest.mark.slow
 def test_cluster_executor_runs_jobs_through_submitit(env: dict[str, str], tmp_path: Path) -> None:
     raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     raw["execution"] = {"threads_per_run": 1, "slurm": {"cluster": "local", "timeout_min": 20}}

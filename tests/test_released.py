@@ -19,9 +19,16 @@ from lorastudy import cli
 from lorastudy.analysis import released_weights as rw
 from lorastudy.config import TARGET_MODULES, ReleasedCheckpoint, load_profile
 from lorastudy.evaluation import released
-from lorastudy.evaluation.released import (CPT_TOKENS_PER_BATCH, MIRROR_ENV, checkpoint_id, entry_yaml,
-                                           load_released, parse_revision, revision_entries)
-from lorastudy.memory_model import llama_shapes
+from lorastudy.evaluation.released import (
+    CPT_TOKENS_PER_BATCH,
+    MIRROR_ENV,
+    checkpoint_id,
+    entry_yaml,
+    load_released,
+    parse_revision,
+    revision_entries,
+)
+from lorastudy.perf.memory_model import llama_shapes
 
 FULL_REPO = "LoRA-TMLR-2024/starcoder-full-finetuning-lr-1e-05-20B-token"
 

@@ -12,8 +12,17 @@ from lorastudy.config import load_profile
 from lorastudy.io import write_json
 from lorastudy.layout import BASE_ID, EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout
 from lorastudy.plan import find_run
-from lorastudy.results import (COLUMNS, ITEM_COLUMNS, RUN_RECORD_COLUMNS, collect, collect_items, known_runs,
-                               run_records, wide, write_table)
+from lorastudy.results import (
+    COLUMNS,
+    ITEM_COLUMNS,
+    RUN_RECORD_COLUMNS,
+    collect,
+    collect_items,
+    known_runs,
+    run_records,
+    wide,
+    write_table,
+)
 
 PROFILE = load_profile("tiny")
 FULL, LORA = "math-ift-full-lr0.001-s0", "code-ift-lora-r8-a16-all-lr0.003-s0"

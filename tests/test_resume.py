@@ -13,10 +13,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from lorastudy.engine.notebook_exec import thread_env
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import Layout, RunPaths
-from lorastudy.notebooks import thread_env
-from lorastudy.training import RESUME_RECORD, resumable_states
+from lorastudy.train.training import RESUME_RECORD, resumable_states
 
 ROOT = Path(__file__).resolve().parents[1]
 IFT = "code-ift-lora-r8-a16-all-lr0.003-s0"  # LoRA with dropout: the dropout RNG must be restored too
@@ -27,7 +27,7 @@ CPT = "code-cpt-lora-r8-a16-all-lr0.003-s0"
 KILLER = """
 import os, signal, sys
 from transformers import TrainerCallback
-from lorastudy import training
+from lorastudy.train import training
 from lorastudy.cli import main
 at, where = int(sys.argv[1]), sys.argv[2]
 class Kill(TrainerCallback):
@@ -76,6 +76,7 @@ def checkpoints(paths: RunPaths) -> dict[str, dict]:
     return {p.name: load_file(p / "adapter_model.safetensors") for p in sorted(paths.checkpoints.iterdir())}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_id", [IFT, CPT])
 def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(setup, tmp_path: Path, run_id: str) -> None:
     alone = Layout(tmp_path / "alone").run(run_id)
@@ -103,6 +104,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(setup, tmp_path: 
     assert not killed.trainer_dir.exists()  # Trainer's states are removed once the run is trained
 
 
+@pytest.mark.slow
 def test_states_of_other_settings_are_not_resumed(setup, tmp_path: Path) -> None:
     """A state left by an attempt with other settings (here: another stamp) is cleared, never resumed."""
     out = tmp_path / "out"

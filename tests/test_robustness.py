@@ -13,8 +13,8 @@ from lorastudy.analysis.claims import compute_claims
 from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS
 from lorastudy.analysis.robustness import agreement_table, base_forgetting, paired_verdicts, replicate_layouts
 from lorastudy.config import load_profile
-from lorastudy.scorecard import replicate_section
-from lorastudy.snapshot import seed
+from lorastudy.publish.scorecard import replicate_section
+from lorastudy.publish.snapshot import seed
 
 
 def claims(*rows: tuple[str, str, float]) -> pd.DataFrame:
@@ -103,7 +103,7 @@ def test_each_committed_replicate_is_compared_by_this_code(tmp_path: Path, repli
 
 def test_settled_claims_are_decided_alike_on_every_base() -> None:
     from lorastudy.analysis.robustness import settled
-    from lorastudy.scorecard import settled_section
+    from lorastudy.publish.scorecard import settled_section
 
     third = THERE.assign(verdict=["agrees", "disagrees", "disagrees", "cannot tell", "cannot tell", "agrees"])
     assert settled(HERE, [THERE]).claim.tolist() == ["full-learns-more/code-ift/r2"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lorastudy.config import load_profile
-from lorastudy.executors import LocalExecutor, Outcome, Plan
+from lorastudy.engine.executors import LocalExecutor, Outcome, Plan
+from lorastudy.engine.schedule import local_records, longest_first, run_cost, run_costs
 from lorastudy.plan import plan_runs
-from lorastudy.schedule import local_records, longest_first, run_cost, run_costs
 
 
 def spec_of(profile, **want):

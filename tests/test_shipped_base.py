@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from lorastudy import base
 from lorastudy.config import load_profile
+from lorastudy.train import base
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_rebuild_pre_trains_here_even_with_a_shipped_base(mini, shipped: Path, e
 def test_another_world_is_pre_trained_on_not_given_the_shipped_base(mini, shipped: Path, empty_cache,
                                                                     monkeypatch, caplog) -> None:
     monkeypatch.setattr(base, "world_fingerprint", lambda world: "another world")
-    with caplog.at_level(logging.WARNING, logger="lorastudy.base"):
+    with caplog.at_level(logging.WARNING, logger="lorastudy.train.base"):
         base.base_source(mini)
     assert len(empty_cache) == 1 and "another world" in caplog.text
 
@@ -106,7 +106,7 @@ def test_a_cache_from_before_bases_shipped_gives_way_to_the_shipped_base(mini, s
     old = base.mini_base_dir(mini)
     old.mkdir(parents=True)
     (old / "base.json").write_text("{}")  # pre-trained here by an older version: no marker, no manifest
-    with caplog.at_level(logging.WARNING, logger="lorastudy.base"):
+    with caplog.at_level(logging.WARNING, logger="lorastudy.train.base"):
         base.base_source(mini)
     assert (old / base.MANIFEST).is_file() and "replacing a cached base" in caplog.text and not empty_cache
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lorastudy.analysis.chapter import Chapter
 from lorastudy.analysis.claims import verdict_sentences
-from lorastudy.config import load_profile
-from lorastudy.chapter import Chapter
-from lorastudy.layout import CHECKPOINT_RECORD, SNAPSHOT_FILES, Layout, snapshot_layout
-from lorastudy.scorecard import FAMILIES, figure_for, scorecard
-from lorastudy import snapshot as snapshot_module
 from lorastudy.analysis.robustness import replicate_layouts
+from lorastudy.analysis.summaries import SummaryUnavailable, checkpoint_sources, summary
+from lorastudy.config import load_profile
 from lorastudy.io import read_json, write_json
-from lorastudy.snapshot import SnapshotDamaged, from_snapshot, seed, stale_copy, take, verify, verify_inputs
-from lorastudy.summaries import SummaryUnavailable, checkpoint_sources, summary
+from lorastudy.layout import CHECKPOINT_RECORD, SNAPSHOT_FILES, Layout, snapshot_layout
+from lorastudy.publish import snapshot as snapshot_module
+from lorastudy.publish.scorecard import FAMILIES, figure_for, scorecard
+from lorastudy.publish.snapshot import SnapshotDamaged, from_snapshot, seed, stale_copy, take, verify, verify_inputs
 
 CLAIMS = pd.DataFrame([
     {"claim": "full-learns-more/code-ift/r2", "statement": "full fine-tuning learns more than LoRA r=2",

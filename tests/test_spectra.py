@@ -6,12 +6,10 @@ import json
 
 import pandas as pd
 import pytest
-
 from fake_runs import FULL_ID, LABEL, LORA_ID, rank2_update
+
 from lorastudy.analysis import spectra
 from lorastudy.layout import Layout
-
-
 
 
 def test_rank2_update_needs_rank_at_most_2(base) -> None:

@@ -1,4 +1,4 @@
-"""Where a training step's time goes (`lorastudy.step_profile`): ops grouped, the profiler's matmul FLOPs
+"""Where a training step's time goes (`lorastudy.perf.bench_step`): ops grouped, the profiler's matmul FLOPs
 against the 6N / 4N rules, and the printed report."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lorastudy import step_profile as sp
+from lorastudy.perf import bench_step as sp
 
 
 def test_ops_fall_into_their_groups():

@@ -15,8 +15,8 @@ from lorastudy.data.adapters import iter_texts
 from lorastudy.data.examples import pack_cpt, to_text
 from lorastudy.data.sources import load_spec, stream_texts
 from lorastudy.data.stream import PackedStream, StreamData
-from lorastudy.tokenizer import build_tokenizer
-from lorastudy.training import branch_points, fit, training_arguments
+from lorastudy.data.tokenizer import build_tokenizer
+from lorastudy.train.training import branch_points, fit, training_arguments
 
 
 @pytest.fixture(scope="module")

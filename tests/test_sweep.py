@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "lorastudy.cli"]
 
 
+pytestmark = pytest.mark.slow  # the whole tiny sweep, end to end: `make test-slow`
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A private cache, so the tiny world and base are built once for this module and never from outputs/."""
@@ -96,8 +98,8 @@ def test_sweep_runs_every_notebook_and_writes_results(uninterrupted: Path) -> No
 def test_the_tiny_book_builds_with_warnings_as_errors(uninterrupted: Path, tmp_path: Path) -> None:
     """`make tiny`'s book: tiny leaves some arms out, so chapters take their "not run" branches, and a note left
     in a figure's cell (a duplicate label) or a scorecard link to a figure no chapter drew fails this build."""
-    from lorastudy.book import BOOK_DIR, build_book, crowded_figure_cells
-    from lorastudy.scorecard import figure_labels
+    from lorastudy.publish.book import BOOK_DIR, build_book, crowded_figure_cells
+    from lorastudy.publish.scorecard import figure_labels
 
     analyses = sorted((uninterrupted / "analyses").glob("1*.ipynb"))
     assert [p.name for p in analyses] == [f"{n}.ipynb" for n in load_profile("tiny").analyses]

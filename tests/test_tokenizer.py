@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from lorastudy.data.tokenizer import SPECIAL_TOKENS, build_tokenizer
 from lorastudy.data.world import MINI, TINY, MiniWorld, generate_world
-from lorastudy.tokenizer import SPECIAL_TOKENS, build_tokenizer
 
 
 def world_texts(world: MiniWorld) -> dict[str, list[str]]:

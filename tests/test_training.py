@@ -9,17 +9,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lorastudy.config import load_profile
-
-from lorastudy.plan import RunSpec
-from lorastudy.config import TARGET_MODULES
-from lorastudy.modeling import apply_lora, count_parameters, weight_deltas
-from lorastudy.tokenizer import build_tokenizer
+from lorastudy.config import TARGET_MODULES, load_profile
 from lorastudy.data.examples import IGNORE, pack_cpt, tokenize_ift
+from lorastudy.data.tokenizer import build_tokenizer
+from lorastudy.engine.sweep import TrainingBar
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import PROGRESS_ENV
-from lorastudy.sweep import TrainingBar
-from lorastudy.training import checkpoint_steps, fit, training_arguments
+from lorastudy.plan import RunSpec
+from lorastudy.train.modeling import apply_lora, count_parameters, weight_deltas
+from lorastudy.train.training import checkpoint_steps, fit, training_arguments
 
 TEXTS = [
     "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer: 3 + 4 = 7.\n#### 7",
@@ -151,7 +149,7 @@ def test_merged_lora_matches_unmerged(model, tok) -> None:
     peft_model = apply_lora(model, lora_spec(4), profile).eval()
     with torch.no_grad():
         unmerged = peft_model(base_logits_input).logits
-        deltas = {(l, m): d for l, m, d in weight_deltas(peft_model.get_base_model(), peft_model)}
+        deltas = {(layer, m): d for layer, m, d in weight_deltas(peft_model.get_base_model(), peft_model)}
         base_w = {n: p.detach().clone() for n, p in peft_model.get_base_model().named_parameters()}
         merged_model = peft_model.merge_and_unload()
         merged = merged_model(base_logits_input).logits
@@ -168,7 +166,7 @@ def test_full_ft_deltas_are_weight_differences(model) -> None:
     tuned.load_state_dict(model.state_dict())
     with torch.no_grad():
         tuned.model.layers[1].mlp.down_proj.weight += 0.5
-    deltas = {(l, m): d for l, m, d in weight_deltas(model, tuned)}
+    deltas = {(layer, m): d for layer, m, d in weight_deltas(model, tuned)}
     assert len(deltas) == 2 * 7
     assert math.isclose(float(deltas[(1, "down_proj")].mean()), 0.5, rel_tol=1e-5)
     assert float(deltas[(0, "q_proj")].abs().max()) == 0.0
@@ -202,7 +200,7 @@ def test_a_cooldown_branch_equals_a_run_that_ends_there(tok, tmp_path: Path) -> 
     bit for bit the run whose own schedule ends there (same data order, optimizer state and dropout RNG)."""
     from safetensors.torch import load_file
 
-    from lorastudy.training import branch_points, ordered
+    from lorastudy.train.training import branch_points, ordered
 
     profile = load_profile("tiny")
     examples = ordered(pack_cpt(TEXTS * 10, tok, seq_len=16), 8 * 4, seed=3)
@@ -228,7 +226,7 @@ def test_a_cooldown_branch_equals_a_run_that_ends_there(tok, tmp_path: Path) -> 
 
 
 def test_a_branch_point_inside_the_warmup_is_refused() -> None:
-    from lorastudy.training import branch_points
+    from lorastudy.train.training import branch_points
 
     with pytest.raises(ValueError, match="warmup"):
         branch_points({2: 1.0, 20: 10.0}, 0.5, warmup_steps=2)

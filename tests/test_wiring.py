@@ -19,22 +19,22 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lorastudy import finetune
-from lorastudy.base import world_texts
 from lorastudy.config import load_profile
 from lorastudy.data import prompts
 from lorastudy.data.examples import to_text
 from lorastudy.data.records import MathProblem, MCItem
 from lorastudy.data.sources import load_spec, world_dir
+from lorastudy.data.tokenizer import build_tokenizer
 from lorastudy.evaluation import run as evaluation
 from lorastudy.evaluation.choice import continuation_logprobs, fewshot_prefix, heldout_loss, score_choice
 from lorastudy.io import read_json, read_jsonl, write_json
 from lorastudy.layout import BASE_ID, Layout, RunPaths
-from lorastudy.modeling import apply_lora
 from lorastudy.plan import RunSpec, find_run
 from lorastudy.results import collect, collect_items
-from lorastudy.tokenizer import build_tokenizer
-from lorastudy.training import ordered
+from lorastudy.train import finetune
+from lorastudy.train.base import world_texts
+from lorastudy.train.modeling import apply_lora
+from lorastudy.train.training import ordered
 
 FULL = "code-ift-full-lr0.001-s0"
 LORA = "code-ift-lora-r8-a16-all-lr0.003-s0"
@@ -478,7 +478,7 @@ def trained(tiny) -> dict[str, Any]:
     for name, seed in (("a", 0), ("b", 1), ("again", 0)):
         spec = dataclasses.replace(base, seed=seed)
         run_dir = tiny.root / "train" / name
-        runs[name] = (spec, finetune.train_run(tiny.profile, spec, run_dir, progress=False), run_dir)
+        runs[name] = (spec, finetune.train_in_process(tiny.profile, spec, run_dir, progress=False), run_dir)
     return runs
 
 
@@ -538,5 +538,5 @@ def test_a_runs_seed_reaches_trainer(tiny, trained, monkeypatch, tmp_path: Path)
 
     monkeypatch.setattr(finetune, "fit", recording)
     with pytest.raises(RuntimeError, match="stop here"):
-        finetune.train_run(tiny.profile, spec, tmp_path / "run", progress=False)
+        finetune.train_in_process(tiny.profile, spec, tmp_path / "run", progress=False)
     assert seen == [(1, 1), (1, 1)]

@@ -341,8 +341,8 @@ def test_an_unseen_word_is_reported(tiny: MiniWorld) -> None:
 def test_world_pieces_are_the_tokenizers_pieces(tiny: MiniWorld) -> None:
     from collections import Counter
 
+    from lorastudy.data.tokenizer import pre_tokenizer
     from lorastudy.data.world import pieces
-    from lorastudy.tokenizer import pre_tokenizer
 
     split = pre_tokenizer()
     for doc in tiny.pretrain[:200] + tiny.code_cpt[:50] + tiny.math_cpt[:50]:

@@ -11,7 +11,6 @@ from typing import Any
 
 from lorastudy.config import ConfigError, Profile, available_profiles, load_profile
 from lorastudy.io import DataFileError
-
 from lorastudy.plan import find_run
 
 
@@ -37,7 +36,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from lorastudy.sweep import RunFailed, plan_table, run_sweep
+    from lorastudy.engine.sweep import RunFailed, plan_table, run_sweep
 
     profile = _profile(args)
     out = _out(args, profile)
@@ -46,7 +45,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"profile {profile.name}: {len(rows)} runs -> {out}")
         _print_table(rows, ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules",
                             "learning_rate", "seed", "status"])
-        from lorastudy.estimate import estimate_text
+        from lorastudy.perf.estimate import estimate_text
 
         print(estimate_text(profile))
         return 0
@@ -66,7 +65,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_base(args: argparse.Namespace) -> int:
-    from lorastudy.base import base_info, base_source, ship
+    from lorastudy.train.base import base_info, base_source, ship
 
     profile = _profile(args)
     indices = [args.index] if args.index is not None else list(range(profile.base.count))
@@ -88,11 +87,11 @@ def cmd_base(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lorastudy.finetune import run_training
+    from lorastudy.train.finetune import train_here_or_launched
 
     profile = _profile(args)
     spec = find_run(profile, args.run_id)
-    summary = run_training(profile, spec, profile.layout(args.output).run(spec.run_id).dir)
+    summary = train_here_or_launched(profile, spec, profile.layout(args.output).run(spec.run_id).dir)
     print(json.dumps({k: summary[k] for k in ("status", "parameters", "n_examples", "wall_time_s")}, indent=1))
     for c in summary["checkpoints"]:
         print(f"  {c['checkpoint']}: step {c['step']}, {c['tokens_seen']} tokens, {c['tokens_per_s']:.0f} tok/s, "
@@ -159,7 +158,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    from lorastudy.book import render_book
+    from lorastudy.publish.book import render_book
 
     profile = _profile(args)
     html = render_book(profile, args.profile, _out(args, profile), execute=args.execute)
@@ -169,7 +168,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from lorastudy.layout import snapshot_layout
-    from lorastudy.snapshot import take, verify
+    from lorastudy.publish.snapshot import take, verify
 
     profile = _profile(args)
     if args.verify:
@@ -186,13 +185,13 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from lorastudy.check import main as check
+    from lorastudy.perf.check import main as check
 
     return check(args.profile, args.output)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lorastudy.bench import bench_train
+    from lorastudy.perf.bench import bench_train
 
     bench_train(args.profile, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
                 ranks=[int(r) for r in args.ranks.split(",")], steps=args.steps)
@@ -200,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_step(args: argparse.Namespace) -> int:
-    from lorastudy.step_profile import bench_step
+    from lorastudy.perf.bench_step import bench_step
 
     bench_step(args.profile, ranks=[int(r) for r in args.ranks.split(",")], batch=args.batch, steps=args.steps,
                threads=args.threads, without_dropout=args.without_dropout)
@@ -208,7 +207,7 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
-    from lorastudy.sweep_report import print_report
+    from lorastudy.perf.bench_sweep import print_report
 
     profile = _profile(args)
     print_report(profile, _out(args, profile), peak=not args.no_peak)
@@ -246,7 +245,7 @@ def _layers(text: str | None, n_layers: int) -> list[int]:
 def cmd_released_spectra(args: argparse.Namespace) -> int:
     from lorastudy.analysis.released_weights import released_weights
     from lorastudy.config import TARGET_MODULES
-    from lorastudy.estimate import model_size
+    from lorastudy.perf.estimate import model_size
 
     profile = _profile(args)
     size = model_size(profile)

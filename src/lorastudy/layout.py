@@ -179,7 +179,7 @@ class Layout:
 
     @property
     def base_progress(self) -> Path:
-        """The base pre-training's progress while it runs (lorastudy.training.ProgressFile)."""
+        """The base pre-training's progress while it runs (lorastudy.train.training.ProgressFile)."""
         return self.base_dir / "progress.json"
 
     @property
@@ -256,7 +256,7 @@ class Layout:
         return self.summary_table("runs")
 
     def summary_table(self, name: str) -> Path:
-        """One chapter summary computed from weights or samples (lorastudy.summaries)."""
+        """One chapter summary computed from weights or samples (lorastudy.analysis.summaries)."""
         return self.summaries_dir / f"{name}.parquet"
 
     def summary_record(self, name: str) -> Path:

@@ -140,3 +140,18 @@ def resolve_run(profile: Profile, run_id: str | None = None, **explicit: Any) ->
         raise ConfigError(format_errors(err, "explicit run settings")) from None
     single = profile.model_copy(update={"sweep": [arm]})
     return plan_runs(single)[0]
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a percentage with one decimal, the trailing .0 dropped."""
+    text = f"{100 * fraction:.1f}"
+    return (text[:-2] if text.endswith(".0") else text) + "%"
+
+
+def method_label(method: str, rank: float | None = None, hidden_size: int | None = None) -> str:
+    """'full', 'base' or 'LoRA r=16 (12.5% of d)': the rank as a number and, given the hidden size d, as the
+    fraction of d that makes ranks comparable across model sizes."""
+    if method != "lora":
+        return method
+    label = f"LoRA r={int(rank)}"
+    return f"{label} ({percent(rank / hidden_size)} of d)" if hidden_size else label

@@ -7,11 +7,10 @@ from typing import Any
 import pandas as pd
 
 from lorastudy.config import Profile
-
-from lorastudy.plan import plan_runs, selection_runs
 from lorastudy.io import atomic_path, read_json
-from lorastudy.base import base_id, base_record
 from lorastudy.layout import EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout, base_run_id
+from lorastudy.plan import plan_runs, selection_runs
+from lorastudy.train.base import base_id, base_record
 
 RUN_COLUMNS = ["run_id", "domain", "regime", "method", "lora_rank", "lora_alpha", "target_modules", "learning_rate",
                "weight_decay", "attention_dropout", "use_rslora", "optimizer", "seed", "base_id", "arm"]

@@ -10,8 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.learning_forgetting import (CLAIM_COLUMNS, MAIN_ARMS, chosen_runs, claim_row, compare_arms,
-                                                   forgetting_metrics)
+from lorastudy.analysis.learning_forgetting import (
+    CLAIM_COLUMNS,
+    MAIN_ARMS,
+    chosen_runs,
+    claim_row,
+    compare_arms,
+    forgetting_metrics,
+)
 from lorastudy.analysis.selection import panel_rows
 from lorastudy.config import Profile
 

@@ -17,19 +17,27 @@ import pandas as pd
 import torch
 
 from lorastudy.analysis import linalg
-from lorastudy.analysis.checkpoints import (CKPT_FIELDS, RUN_FIELDS, finished_runs, load_base_fp32,
-                                            load_base_on_device, load_checkpoint, missing_runs_note, per_checkpoint,
-                                            weight_measure)
+from lorastudy.analysis.chapter import Chapter
+from lorastudy.analysis.checkpoints import (
+    CKPT_FIELDS,
+    RUN_FIELDS,
+    finished_runs,
+    load_base_fp32,
+    load_base_on_device,
+    load_checkpoint,
+    missing_runs_note,
+    per_checkpoint,
+    weight_measure,
+)
 from lorastudy.analysis.claims import claim
-from lorastudy.chapter import Chapter
 from lorastudy.config import Profile
-from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
 from lorastudy.data.examples import pad, prompt_ids
 from lorastudy.data.sources import load_spec
 from lorastudy.io import config_hash
-from lorastudy.modeling import base_matrices, weight_deltas
+from lorastudy.plan import RunSpec
 from lorastudy.results import wide
+from lorastudy.train.modeling import base_matrices, weight_deltas
 
 __all__ = ["RUNS_NEEDED", "chapter_tables", "analysed_runs", "intruder_rows", "intruder_counts", "intruder_summary", "module_pivot", "target_texts",
            "kl_between", "kl_to_base", "forgetting_drop", "kl_forgetting", "spearman", "missing_note", "runs_line",

@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from lorastudy.analysis.claims import not_run
 from lorastudy.config import Profile
-from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.data.world.settings import WorldConfig
 from lorastudy.io import config_hash, read_json, write_json
 from lorastudy.layout import Layout
-from lorastudy.modeling import device, load_base, load_finetuned, quiet_loading, small_model_threads
+from lorastudy.plan import RunSpec, plan_runs
+from lorastudy.train.modeling import device, load_base, load_finetuned, quiet_loading, small_model_threads
 
 __all__ = ["RUN_FIELDS", "CKPT_FIELDS", "base_identity", "same_base", "finished_runs", "missing_runs_note",
            "run_checkpoints", "pick_checkpoints", "load_base_on_device", "load_base_fp32", "load_checkpoint",

@@ -11,12 +11,14 @@ import pandas as pd
 
 from lorastudy.analysis.arm_claims import arm_claims
 from lorastudy.analysis.intervals import AGREES, CANNOT_TELL, DISAGREES
-from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS, main_claims, matched_claims
+from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS, main_claims
+from lorastudy.analysis.matched import matched_claims
 from lorastudy.config import Profile
 from lorastudy.io import file_sha256, read_json, write_json
 from lorastudy.layout import Layout
 from lorastudy.paper import paper_tables
 from lorastudy.results import collect, collect_items, write_table
+
 
 def not_run(what: str) -> str:
     """The markdown note a chapter shows where runs are missing (one wording for every chapter)."""

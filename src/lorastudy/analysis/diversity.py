@@ -20,20 +20,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.checkpoints import (finished_runs, fingerprint, load_base_on_device, load_checkpoint,
-                                            missing_runs_note, run_checkpoints)
+from lorastudy.analysis.chapter import Chapter
+from lorastudy.analysis.checkpoints import (
+    fingerprint,
+    finished_runs,
+    load_base_on_device,
+    load_checkpoint,
+    missing_runs_note,
+    run_checkpoints,
+)
 from lorastudy.analysis.intervals import CANNOT_TELL, bootstrap_difference, verdict
-from lorastudy.chapter import Chapter
 from lorastudy.config import Profile
-from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
 from lorastudy.data.sources import load_spec
 from lorastudy.evaluation.code import evaluate_samples
 from lorastudy.evaluation.generate import generate
 from lorastudy.evaluation.passk import pass_at_k, unique_count
-from lorastudy.figures.style import method_label
 from lorastudy.io import config_hash, read_json, write_json
-from lorastudy.modeling import profile_tokenizer, small_model_threads
+from lorastudy.plan import RunSpec, method_label
+from lorastudy.train.modeling import profile_tokenizer, small_model_threads
 
 __all__ = ["chapter_samples", "samples_frame", "per_subject_of", "Subject", "RUNS_NEEDED", "PASSK_CLAIM", "code_tasks", "diversity_subjects", "samples_line",
            "missing_note", "sample_diversity", "sample_all", "unique_counts", "diversity_summary", "pass_at_k_curve",

@@ -1,7 +1,7 @@
 """Chapter 15 (the paper's Fig S10 and Tables S14–S16): what LoRA saves in memory and costs in speed.
 
-Measurements of our own training path (`lorastudy.bench`) summarised against full FT, split into estimates
-of what a peak is made of, and the analytical model of model states (`lorastudy.memory_model`) beside the
+Measurements of our own training path (`lorastudy.perf.bench`) summarised against full FT, split into estimates
+of what a peak is made of, and the analytical model of model states (`lorastudy.perf.memory_model`) beside the
 paper's printed tables and with LoRA's exact sizes.
 """
 from __future__ import annotations
@@ -18,14 +18,30 @@ import torch
 from transformers import AutoConfig
 
 from lorastudy.analysis.claims import claim
-from lorastudy.base import mini_base_dir
-from lorastudy.bench import bench_key, run_bench
 from lorastudy.config import Architecture, Profile, load_profile
-from lorastudy.memory_model import (GB, LLAMA2_7B, LLAMA2_70B, ModelShapes, activation_bytes, llama_shapes,
-                                    lora_param_count, model_state_bytes, paper_table)
-from lorastudy.modeling import device, resolve_dtype
-from lorastudy.paper import (PAPER_FP32_FROZEN_7B_GB, PAPER_GPUS, PAPER_LORA_FRACTION, PAPER_LORA_MEMORY_RATIO,
-                             PAPER_LORA_THROUGHPUT_RATIO, PAPER_PRINTED_GB, agrees_to_printed)
+from lorastudy.paper import (
+    PAPER_FP32_FROZEN_7B_GB,
+    PAPER_GPUS,
+    PAPER_LORA_FRACTION,
+    PAPER_LORA_MEMORY_RATIO,
+    PAPER_LORA_THROUGHPUT_RATIO,
+    PAPER_PRINTED_GB,
+    agrees_to_printed,
+)
+from lorastudy.perf.bench import bench_key, run_bench
+from lorastudy.perf.memory_model import (
+    GB,
+    LLAMA2_7B,
+    LLAMA2_70B,
+    ModelShapes,
+    activation_bytes,
+    llama_shapes,
+    lora_param_count,
+    model_state_bytes,
+    paper_table,
+)
+from lorastudy.train.base import mini_base_dir
+from lorastudy.train.modeling import device, resolve_dtype
 
 # how the LoRA size table is shown
 SIZE_FORMATS = {"rank_of_d": "{:.1%}", "lora_fraction": "{:.2%}", "paper_assumes": "{:.0%}", "lora_saves": "{:.0%}",

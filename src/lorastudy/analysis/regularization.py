@@ -8,9 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.selection import (close_to, last_duration_table, main_learning_rate, panel_rows,
-                                          standard_lora, with_order)
-from lorastudy.figures.style import method_label
+from lorastudy.analysis.selection import (
+    close_to,
+    last_duration_table,
+    main_learning_rate,
+    panel_rows,
+    standard_lora,
+    with_order,
+)
+from lorastudy.plan import method_label
 
 REGULARISED = "full FT +"  # the start of every regularised full-FT role
 

@@ -30,12 +30,12 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from lorastudy.analysis import linalg, spectra
 from lorastudy.analysis.checkpoints import CKPT_FIELDS, RUN_FIELDS
-from lorastudy.base import base_source
 from lorastudy.config import ATTENTION_MODULES, Profile, ReleasedCheckpoint
-from lorastudy.estimate import model_size
 from lorastudy.evaluation.released import checkpoint_id, checkpoint_meta, resolve
 from lorastudy.io import read_json
-from lorastudy.modeling import device
+from lorastudy.perf.estimate import model_size
+from lorastudy.train.base import base_source
+from lorastudy.train.modeling import device
 
 __all__ = ["PAPER_LAYER", "PAPER_MODULE", "WeightFolder", "matrix_name", "full_checkpoints", "svd_seconds",
            "weights_estimate", "ReleasedSpectra", "released_weights"]

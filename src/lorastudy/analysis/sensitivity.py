@@ -7,11 +7,20 @@ import math
 import numpy as np
 import pandas as pd
 
-from lorastudy.analysis.selection import (close_to, default_alpha, last_duration_table,
-                                          main_learning_rate, panel_ranks, panel_rows, plain, standard_lora,
-                                          summarise, with_order)
-from lorastudy.figures.style import method_label
+from lorastudy.analysis.selection import (
+    close_to,
+    default_alpha,
+    last_duration_table,
+    main_learning_rate,
+    panel_ranks,
+    panel_rows,
+    plain,
+    standard_lora,
+    summarise,
+    with_order,
+)
 from lorastudy.paper import PAPER_HIDDEN_SIZE, PAPER_LR_RATIO, PAPER_RANKS
+from lorastudy.plan import method_label
 
 MODULE_ORDER = {"all": 0, "mlp": 1, "attention": 2}
 

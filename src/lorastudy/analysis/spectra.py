@@ -16,15 +16,25 @@ import pandas as pd
 import torch
 
 from lorastudy.analysis import linalg
-from lorastudy.analysis.checkpoints import (CKPT_FIELDS, RUN_FIELDS, base_identity, cached, finished_runs,
-                                            load_base_fp32, load_checkpoint, missing_runs_note, per_checkpoint,
-                                            run_checkpoints, weight_measure)
+from lorastudy.analysis.chapter import Chapter
+from lorastudy.analysis.checkpoints import (
+    CKPT_FIELDS,
+    RUN_FIELDS,
+    base_identity,
+    cached,
+    finished_runs,
+    load_base_fp32,
+    load_checkpoint,
+    missing_runs_note,
+    per_checkpoint,
+    run_checkpoints,
+    weight_measure,
+)
 from lorastudy.analysis.claims import claim
-from lorastudy.base import base_source
-from lorastudy.chapter import Chapter
 from lorastudy.config import Profile
 from lorastudy.plan import RunSpec, plan_runs
-from lorastudy.modeling import base_matrices, one_thread, small_model_threads, weight_deltas
+from lorastudy.train.base import base_source
+from lorastudy.train.modeling import base_matrices, one_thread, small_model_threads, weight_deltas
 
 __all__ = ["SpectraTables", "chapter_tables", "delta_ranks", "rank_table", "chapter_ranks", "reference_ranks",
            "reference_rows", "reference_row", "reference_by_type", "matrix_spectra", "spectra_frame",

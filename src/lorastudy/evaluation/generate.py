@@ -15,7 +15,6 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from lorastudy.data.examples import pad, prompt_ids
 from lorastudy.evaluation.context import within
 
-
 Stop = str | re.Pattern[str]
 
 

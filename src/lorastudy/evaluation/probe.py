@@ -17,7 +17,6 @@ from lorastudy.data.world import arithmetic_facts
 from lorastudy.evaluation.generate import generate
 from lorastudy.evaluation.run import evaluate_code, evaluate_math
 
-
 FACT_CONTEXT = "7 + 5 = 12. 9 - 4 = 5. "  # two facts before the asked one, as pre-training's arithmetic lines run
 
 

@@ -21,12 +21,12 @@ from typing import Any
 import yaml
 
 from lorastudy.config import Profile, ReleasedCheckpoint
-from lorastudy.estimate import PROMPT_TOKENS, REFERENCE_GPU, checkpoint_eval_seconds, model_size
 from lorastudy.evaluation.run import evaluate_model, result_rows
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import Layout
-from lorastudy.memory_model import lora_param_count
-from lorastudy.modeling import device, load_finetuned, profile_tokenizer, resolve_dtype
+from lorastudy.perf.estimate import PROMPT_TOKENS, REFERENCE_GPU, checkpoint_eval_seconds, model_size
+from lorastudy.perf.memory_model import lora_param_count
+from lorastudy.train.modeling import device, load_finetuned, profile_tokenizer, resolve_dtype
 
 MIRROR_ENV = "LORASTUDY_RELEASED_DIR"
 # Tokens per optimizer step of both CPT runs: global batch 192 × sequence 4096 (the paper's Appendix A and the
@@ -126,7 +126,7 @@ def checkpoint_meta(ckpt: ReleasedCheckpoint) -> dict[str, Any]:
 
 def evaluation_estimate(profile: Profile, todo: list[ReleasedCheckpoint]) -> str:
     """What evaluating `todo` costs, before anything loads: GPU memory per checkpoint (weights in the profile's
-    dtype, a LoRA adapter, the KV cache of the largest generation batch) and time (lorastudy.estimate's model
+    dtype, a LoRA adapter, the KV cache of the largest generation batch) and time (lorastudy.perf.estimate's model
     of one checkpoint's evaluation on its reference GPU)."""
     size = model_size(profile)
     if size is None:

@@ -12,8 +12,6 @@ from typing import Any
 import pandas as pd
 
 from lorastudy.config import GenerationEval, Profile
-
-from lorastudy.plan import RunSpec
 from lorastudy.data import prompts
 from lorastudy.data.examples import to_text
 from lorastudy.data.records import InstructionPair, MathProblem
@@ -24,7 +22,8 @@ from lorastudy.evaluation.generate import Stop, generate
 from lorastudy.evaluation.math import score_gsm8k
 from lorastudy.io import read_json, write_json, write_jsonl
 from lorastudy.layout import Layout, RunPaths, base_run_id
-from lorastudy.modeling import device, load_base, load_finetuned, profile_tokenizer
+from lorastudy.plan import RunSpec
+from lorastudy.train.modeling import device, load_base, load_finetuned, profile_tokenizer
 
 
 def evaluate_math(model: Any, tok: Any, cfg: GenerationEval, profile: Profile, problems: list[MathProblem], *,

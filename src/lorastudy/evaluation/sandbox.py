@@ -53,10 +53,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lorastudy.evaluation import isolation, plain, zygote
-from lorastudy.evaluation.isolation import (DEFAULT_PATH, Caps, capabilities, kill_cgroup,  # noqa: F401
-                                            remove_tree,
-                                            sandbox_capabilities,  # re-exported: the report callers read
-                                            set_cgroup_limits, slot)
+from lorastudy.evaluation.isolation import (  # noqa: F401
+    DEFAULT_PATH,
+    Caps,
+    capabilities,
+    kill_cgroup,
+    remove_tree,
+    sandbox_capabilities,  # re-exported: the report callers read
+    set_cgroup_limits,
+    slot,
+)
 
 log = logging.getLogger(__name__)
 

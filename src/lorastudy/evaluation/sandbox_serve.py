@@ -3,8 +3,8 @@
 # never imported. `python -I -S` with the argument serve=1 runs `serve`: a run then costs a fork, not an
 # interpreter's start-up (about 20 of a run's 30 ms). What `spawn` forks goes on exactly as a fresh bootstrap does
 # (`start`, in sandbox_child.py): the same namespaces, private root, uid, cgroups, rlimits and seccomp filter.
-import atexit
 import _signal  # not signal, which imports enum: every run would pay for it
+import atexit
 import marshal
 import os
 import sys

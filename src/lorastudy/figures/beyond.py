@@ -10,8 +10,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lorastudy.analysis.beyond import spearman
-from lorastudy.figures.style import (BASE_COLOUR, DOMAINS, GUIDE_COLOUR, LINESTYLES, REGIMES, blank_panel, ensure_style,
-                                     method_colour, method_label, rank_colour)
+from lorastudy.figures.style import (
+    BASE_COLOUR,
+    DOMAINS,
+    GUIDE_COLOUR,
+    LINESTYLES,
+    REGIMES,
+    blank_panel,
+    ensure_style,
+    method_colour,
+    rank_colour,
+)
+from lorastudy.plan import method_label
 
 __all__ = ["plot_intruders", "plot_kl_forgetting"]
 

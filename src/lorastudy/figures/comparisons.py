@@ -11,9 +11,21 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lorastudy.figures.style import (BASE_COLOUR, LINESTYLES, MARKERS, duration_axis, ensure_style, marker_areas,
-                                     method_colour, row_layout, row_legend, seed_legend, seed_line, seed_path,
-                                     several_seeds)
+from lorastudy.figures.style import (
+    BASE_COLOUR,
+    LINESTYLES,
+    MARKERS,
+    duration_axis,
+    ensure_style,
+    marker_areas,
+    method_colour,
+    row_layout,
+    row_legend,
+    seed_legend,
+    seed_line,
+    seed_path,
+    several_seeds,
+)
 
 LEARNING_LABELS = {"code": "learning (pass@1)", "math": "learning (exact match)"}
 YLABELS = {"learning": "learning (pass@1 | exact match)", "forgetting": "source accuracy (forgetting, mean of 3)",

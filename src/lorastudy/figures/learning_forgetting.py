@@ -14,10 +14,29 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lorastudy.figures.style import (BASE_COLOUR, DEFAULT_LABELS, DOMAINS, LINESTYLES, PAPER_ROW, REGIMES, SETTINGS,
-                                     Legend, blank_panel, duration_axis, ensure_style, format_setting, marker_areas,
-                                     method_colour, method_label, seed_legend, seed_line, seed_path, several_seeds)
+from lorastudy.figures.style import (
+    BASE_COLOUR,
+    DEFAULT_LABELS,
+    DOMAINS,
+    LINESTYLES,
+    PAPER_ROW,
+    REGIMES,
+    SETTINGS,
+    Legend,
+    blank_panel,
+    duration_axis,
+    ensure_style,
+    format_setting,
+    marker_areas,
+    method_colour,
+    seed_legend,
+    seed_line,
+    seed_path,
+    several_seeds,
+)
 from lorastudy.paper import PAPER_HIDDEN_SIZE
+from lorastudy.plan import method_label
+
 
 def _varying_settings(df: pd.DataFrame) -> list[str]:
     """Settings that take several values inside one panel's method and rank: they need lines of their own."""

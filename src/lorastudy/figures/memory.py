@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lorastudy.figures.style import ensure_style, log_value_axis, method_colour, method_label
+from lorastudy.figures.style import ensure_style, log_value_axis, method_colour
+from lorastudy.plan import method_label
 
 
 def plot_bench(bench: pd.DataFrame, hidden_size: int | None = None) -> Figure:
     """Fig S10: training throughput and peak memory against batch size, full FT and LoRA per rank
-    (`lorastudy.bench.run_bench`'s rows; failed measurements are left out)."""
+    (`lorastudy.perf.bench.run_bench`'s rows; failed measurements are left out)."""
     ensure_style()
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.2), layout="constrained")
     ok = bench[bench.get("tokens_per_s", pd.Series(np.nan, index=bench.index)).notna()]

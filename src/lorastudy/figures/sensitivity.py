@@ -12,8 +12,18 @@ from matplotlib.figure import Figure
 
 from lorastudy.analysis.sensitivity import best_learning_rate
 from lorastudy.figures.comparisons import metric_label
-from lorastudy.figures.style import (BASE_COLOUR, ensure_style, log_value_axis, method_colour, method_label,
-                                     row_layout, row_legend, seed_legend, seed_line, several_seeds)
+from lorastudy.figures.style import (
+    BASE_COLOUR,
+    ensure_style,
+    log_value_axis,
+    method_colour,
+    row_layout,
+    row_legend,
+    seed_legend,
+    seed_line,
+    several_seeds,
+)
+from lorastudy.plan import method_label
 
 
 def _seed_points(table: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:

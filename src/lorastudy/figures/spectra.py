@@ -13,9 +13,26 @@ from matplotlib.figure import Figure
 
 from lorastudy.analysis.spectra import PANEL_ORDER
 from lorastudy.config import ATTENTION_MODULES, MLP_MODULES
-from lorastudy.figures.style import (ACCENT_COLOUR, BASE_COLOUR, DOMAINS, GUIDE_COLOUR, MAX_WIDTH, REGIMES, SETTINGS,
-                                     blank_panel, duration_axis, duration_text, ensure_style, method_colour,
-                                     method_label, module_colours, rank_colour, seed_legend, seed_line, several_seeds)
+from lorastudy.figures.style import (
+    ACCENT_COLOUR,
+    BASE_COLOUR,
+    DOMAINS,
+    GUIDE_COLOUR,
+    MAX_WIDTH,
+    REGIMES,
+    SETTINGS,
+    blank_panel,
+    duration_axis,
+    duration_text,
+    ensure_style,
+    method_colour,
+    module_colours,
+    rank_colour,
+    seed_legend,
+    seed_line,
+    several_seeds,
+)
+from lorastudy.plan import method_label
 
 __all__ = ["plot_rank_by_layer", "plot_rank_by_duration", "plot_matrix_spectra", "plot_gaussian"]
 

@@ -85,22 +85,6 @@ def rank_colour(rank: float) -> tuple[float, float, float]:
     return tuple(sns.color_palette(RANK_PALETTE, as_cmap=True)(start + (stop - start) * position)[:3])
 
 
-def percent(fraction: float) -> str:
-    text = f"{100 * fraction:.1f}"
-    return (text[:-2] if text.endswith(".0") else text) + "%"
-
-
-def method_label(method: str, rank: float | None = None, hidden_size: int | None = None) -> str:
-    """'full', 'base' or 'LoRA r=16 (12.5% of d)': the rank as a number and, given the hidden size d, as the
-    fraction of d that makes ranks comparable across model sizes."""
-    if method != "lora":
-        return method
-    label = f"LoRA r={int(rank)}"
-    return f"{label} ({percent(rank / hidden_size)} of d)" if hidden_size else label
-
-
-
-
 def format_setting(column: str, value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return SETTINGS[column] if value else f"no {SETTINGS[column]}"

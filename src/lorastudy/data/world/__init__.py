@@ -27,15 +27,14 @@ from pathlib import Path
 
 from lorastudy.data.prompts import math_prompt, math_response
 from lorastudy.data.records import CodeTask, InstructionPair, MathProblem, MCItem, TextDoc
+from lorastudy.data.tokenizer import PIECES
 from lorastudy.data.world.arithmetic import arithmetic_docs, arithmetic_facts, word_problems
 from lorastudy.data.world.code import code_tasks
 from lorastudy.data.world.people import Person, heldout_docs, make_people, source_docs, source_mc
 from lorastudy.data.world.settings import MINI, PRESETS, TINY, WorldConfig, part_rng
 from lorastudy.data.world.vocabulary import ATTRIBUTES, VALUES
-from lorastudy.io import config_hash
-from lorastudy.io import write_json, write_jsonl
+from lorastudy.io import config_hash, write_json, write_jsonl
 from lorastudy.layout import world_cache
-from lorastudy.tokenizer import PIECES
 
 _PIECE = re.compile(PIECES)
 

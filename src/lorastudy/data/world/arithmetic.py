@@ -9,8 +9,14 @@ from dataclasses import dataclass
 from lorastudy.data.prompts import math_prompt, math_response
 from lorastudy.data.records import MathProblem
 from lorastudy.data.world.settings import WorldConfig, part_rng
-from lorastudy.data.world.vocabulary import (ARITH_PER_DOC, CONNECTORS, MATH_ITEMS, MATH_NAMES, MATH_TEST_BUCKETS,
-                                             STORY_USAGE)
+from lorastudy.data.world.vocabulary import (
+    ARITH_PER_DOC,
+    CONNECTORS,
+    MATH_ITEMS,
+    MATH_NAMES,
+    MATH_TEST_BUCKETS,
+    STORY_USAGE,
+)
 
 
 def arithmetic_facts(cfg: WorldConfig) -> list[tuple[int, str, int, int]]:

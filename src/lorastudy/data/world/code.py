@@ -8,9 +8,19 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from lorastudy.data.records import CodeTask
-from lorastudy.data.world.parts import (ARG, FAMILIES, STR_LETTERS, Combo, combos, family_of, n_parts, parts_of,
-                                        single_parts)
+from lorastudy.data.world.parts import (
+    ARG,
+    FAMILIES,
+    STR_LETTERS,
+    Combo,
+    combos,
+    family_of,
+    n_parts,
+    parts_of,
+    single_parts,
+)
 from lorastudy.data.world.settings import WorldConfig, part_rng
+
 
 def _render(combo: Combo) -> tuple[str, str, str]:
     """(entry point, prompt, canonical solution); identifiers are the parts' words joined by `_`."""

@@ -9,9 +9,20 @@ from dataclasses import dataclass, field
 
 from lorastudy.data.records import MCItem
 from lorastudy.data.world.settings import WorldConfig, part_rng
-
-from lorastudy.data.world.vocabulary import (CITIES, CONSONANTS, FRIEND_RATE, FRIENDS, HELDOUT, MATH_NAMES, QA_LINE, QUESTIONS,
-                                          STATEMENTS, VALUES, VOWELS, ATTRIBUTES)
+from lorastudy.data.world.vocabulary import (
+    ATTRIBUTES,
+    CITIES,
+    CONSONANTS,
+    FRIEND_RATE,
+    FRIENDS,
+    HELDOUT,
+    MATH_NAMES,
+    QA_LINE,
+    QUESTIONS,
+    STATEMENTS,
+    VALUES,
+    VOWELS,
+)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,9 @@ from unittest import mock
 import yaml
 
 from lorastudy.config import Arm, Profile
-
-from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.io import read_json
 from lorastudy.layout import PROJECT_ROOT, Layout
+from lorastudy.plan import RunSpec, plan_runs
 
 FSDP_CONFIG = PROJECT_ROOT / "configs" / "accelerate" / "fsdp.yaml"
 

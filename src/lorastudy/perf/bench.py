@@ -2,8 +2,8 @@
 Trainer path, against a bare PyTorch loop on the same model and batches (the paper's Fig S10).
 
 Each measurement runs in its own process so that peak memory (CUDA max allocated, or peak RSS on CPU) is
-its own: `run_bench` starts `python -m lorastudy.bench forked ...`, one process that imports once and forks
-a child per measurement, or (isolation 'process') `python -m lorastudy.bench measure ...` per measurement,
+its own: `run_bench` starts `python -m lorastudy.perf.bench forked ...`, one process that imports once and forks
+a child per measurement, or (isolation 'process') `python -m lorastudy.perf.bench measure ...` per measurement,
 and caches every result. Numbers are printed or tabled, never asserted.
 """
 from __future__ import annotations
@@ -25,13 +25,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 
 from lorastudy.config import Profile, load_profile
-
-from lorastudy.plan import RunSpec
 from lorastudy.data.examples import PadCollator
+from lorastudy.engine.notebook_exec import compute_env
 from lorastudy.io import config_hash, write_json
-from lorastudy.modeling import apply_lora, device
-from lorastudy.notebooks import compute_env
-from lorastudy.training import peak_memory_bytes, training_arguments
+from lorastudy.plan import RunSpec
+from lorastudy.train.modeling import apply_lora, device
+from lorastudy.train.training import peak_memory_bytes, training_arguments
 
 Config = tuple[str, int, int]  # (mode, rank, batch) of one measurement; rank 0 for full FT
 WARM_STEPS = 2  # steps not timed
@@ -180,8 +179,8 @@ def _env(threads: int | None) -> dict[str, str] | None:
 
 def _bench_process(command: str, args: list[Any], *, timeout: float | None = None,
                    threads: int | None = None) -> subprocess.CompletedProcess:
-    """`python -m lorastudy.bench COMMAND ARGS-AS-JSON`, its output captured."""
-    return subprocess.run([sys.executable, "-m", "lorastudy.bench", command, json.dumps(args)],
+    """`python -m lorastudy.perf.bench COMMAND ARGS-AS-JSON`, its output captured."""
+    return subprocess.run([sys.executable, "-m", "lorastudy.perf.bench", command, json.dumps(args)],
                           capture_output=True, text=True, timeout=timeout, env=_env(threads))
 
 
@@ -289,8 +288,8 @@ def bench_train(profile_name: str, *, batch_sizes: list[int], ranks: list[int], 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m lorastudy.bench forked '[profile, steps, configs]'` (`serve_forked`) or
-    `python -m lorastudy.bench measure '[profile, mode, rank, batch, steps]'` (one row as JSON)."""
+    """`python -m lorastudy.perf.bench forked '[profile, steps, configs]'` (`serve_forked`) or
+    `python -m lorastudy.perf.bench measure '[profile, mode, rank, batch, steps]'` (one row as JSON)."""
     command, payload = argv if argv is not None else sys.argv[1:]
     args = json.loads(payload)
     if command == "forked":

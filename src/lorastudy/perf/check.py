@@ -4,7 +4,7 @@ GPUs (count ≥ training.num_processes, memory ≥ an estimate of what a run nee
 and downloads, host memory for the training data held in memory (a streamed CPT corpus is not), the hub (reachable; gated models such as
 Llama-2 need a token with access) and every hub model and dataset the profile reads, local data files, and
 the multi-GPU launch config. The mini profiles run on CPU and need none of the GPU or hub items.
-Memory and disk needs are estimates (lorastudy.memory_model's Appendix H model, lorastudy.estimate's sizes).
+Memory and disk needs are estimates (lorastudy.perf.memory_model's Appendix H model, lorastudy.perf.estimate's sizes).
 """
 from __future__ import annotations
 
@@ -19,13 +19,12 @@ from typing import Any
 import psutil
 
 from lorastudy.config import TARGET_MODULES, ConfigError, DatasetSpec, Profile, load_profile
-
-from lorastudy.plan import plan_runs
 from lorastudy.data.rows import looks_like_path
 from lorastudy.data.sources import streams
-from lorastudy.estimate import ModelSize, data_tokens, model_size
-from lorastudy.launch import FSDP_CONFIG, fsdp_dry_run
-from lorastudy.memory_model import activation_bytes, lora_fraction, model_state_bytes
+from lorastudy.perf.estimate import ModelSize, data_tokens, model_size
+from lorastudy.perf.memory_model import activation_bytes, lora_fraction, model_state_bytes
+from lorastudy.plan import plan_runs
+from lorastudy.train.launch import FSDP_CONFIG, fsdp_dry_run
 
 GB = 1e9
 BYTES_PER_HELD_TOKEN = 100  # Python lists of int hold a token ~3 times (stream, input_ids, labels) at ~36 B each

@@ -3,7 +3,7 @@ file://, waits for it to load, and reports each <img> that the browser did not d
 `naturalWidth` 0, or `decode()` rejected): a missing file, a broken PNG, a wrong relative path. (A truncated
 PNG whose header is intact still decodes, partly, and counts as loaded: the browser draws what it has.)
 
-    python -m lorastudy.browser book/_build/html [--screenshots DIR]
+    python -m lorastudy.publish.browser book/_build/html [--screenshots DIR]
 
 prints one line per page and exits 1 when any image did not load (run it after `make book`).
 
@@ -112,7 +112,7 @@ def check_pages(html_dir: Path, pages: list[str] | None = None, screenshots: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lorastudy.browser",
+    parser = argparse.ArgumentParser(prog="python -m lorastudy.publish.browser",
                                      description="Check in headless Chromium that every image of the book loads.")
     parser.add_argument("html_dir", type=Path, help="the built book, e.g. book/_build/html")
     parser.add_argument("--screenshots", type=Path, default=None, help="save a full-page PNG of each page here")

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lorastudy.allocator import allocator_env
+from lorastudy.engine.allocator import allocator_env
 from lorastudy.layout import NOTEBOOKS, PROJECT_ROOT, failed_notebook
 
 
@@ -119,7 +119,7 @@ def execute_in_process(notebook: str, out: Path, parameters: dict[str, Any], *, 
     """`execute` in a process of its own at a fixed thread count, its output in `log`; None, or the error.
     `env`: more environment for it; `poll`: called about once a second while it runs (a progress display)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "lorastudy.notebooks", notebook, str(out), json.dumps(parameters)]
+    cmd = [sys.executable, "-m", "lorastudy.engine.notebook_exec", notebook, str(out), json.dumps(parameters)]
     with open(log, "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT,
                                 env={**os.environ, **compute_env(threads), **(env or {})})
@@ -143,7 +143,7 @@ def is_exclusive(notebook: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lorastudy.notebooks NOTEBOOK OUT.ipynb '{"param": value}'`: one notebook in a process of its
+    """`python -m lorastudy.engine.notebook_exec NOTEBOOK OUT.ipynb '{"param": value}'`: one notebook in a process of its
     own (how the sweep runs analyses side by side); exit code 1 and the error on stderr when it fails."""
     notebook, out, params = argv if argv is not None else sys.argv[1:]
     try:

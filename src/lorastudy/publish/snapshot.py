@@ -17,12 +17,12 @@ import pandas as pd
 
 from lorastudy.analysis.claims import claims_sources
 from lorastudy.analysis.robustness import replicate_layouts
+from lorastudy.analysis.summaries import summary_names
 from lorastudy.config import Profile
 from lorastudy.io import DataFileError, atomic_path, file_sha256, read_json, write_json
 from lorastudy.layout import PROJECT_ROOT, SNAPSHOT_FILES, Layout, snapshot_layout
 from lorastudy.provenance import git_state, versions
 from lorastudy.results import run_records, write_table
-from lorastudy.summaries import summary_names
 
 __all__ = ["take", "seed", "from_snapshot", "describe", "file_records", "verify", "verify_inputs", "is_seeded",
            "stale_copy", "SnapshotDamaged"]

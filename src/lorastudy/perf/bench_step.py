@@ -1,4 +1,4 @@
-"""Where a training step's time goes: the bare full-FT or LoRA step of `lorastudy.bench` on the profile's mini
+"""Where a training step's time goes: the bare full-FT or LoRA step of `lorastudy.perf.bench` on the profile's mini
 Llama, timed, then profiled with torch.profiler, its ops grouped (matmuls, attention, elementwise, random
 draws, copies, loss, optimizer), against this machine's matmul peak at the same thread count.
 
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lorastudy.bench import WARM_STEPS, bare_step, bench_model, random_batches, trainable_optimizer, with_lora
-from lorastudy.notebooks import compute_env
-from lorastudy.sweep_report import matmul_peak
+from lorastudy.engine.notebook_exec import compute_env
+from lorastudy.perf.bench import WARM_STEPS, bare_step, bench_model, random_batches, trainable_optimizer, with_lora
+from lorastudy.perf.bench_sweep import matmul_peak
 
 # each group's ops: an aten name matches itself and its variants (`aten::mul` -> `aten::mul_`,
 # `aten::silu_backward`); another fragment matches anywhere in the name; the first group that matches wins
@@ -137,7 +137,7 @@ def bench_step(profile_name: str, *, ranks: Sequence[int], batch: int = 16, step
                threads: int | None = 1, without_dropout: bool = False, timeout: float = 1800) -> list[dict[str, Any]]:
     """Run `run` in a process with a sweep's environment (`threads` intra-op threads, its allocator) and print
     the report; raises with the process's error output when it fails."""
-    proc = subprocess.run([sys.executable, "-m", "lorastudy.step_profile",
+    proc = subprocess.run([sys.executable, "-m", "lorastudy.perf.bench_step",
                            json.dumps([profile_name, list(ranks), batch, steps, without_dropout])],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **compute_env(threads)})
     if proc.returncode:

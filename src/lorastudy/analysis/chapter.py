@@ -12,14 +12,14 @@ import pandas as pd
 from IPython.display import Markdown
 from myst_nb import glue
 
+from lorastudy.analysis.summaries import checkpoint_sources, summary
 from lorastudy.config import Profile, load_profile
 from lorastudy.figures.style import style
 from lorastudy.layout import Layout, RunPaths
 from lorastudy.paper import paper_tables
 from lorastudy.plan import RunSpec, resolve_run
+from lorastudy.publish.snapshot import verify_inputs
 from lorastudy.results import collect, collect_items
-from lorastudy.snapshot import verify_inputs
-from lorastudy.summaries import checkpoint_sources, summary
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Chapter:
 
     def summary(self, name: str, settings: dict[str, Any], compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """This chapter's summary `name` (stored under OUT/summaries/CHAPTER-NAME): read when stored with these
-        settings, else computed from the checkpoints here (lorastudy.summaries)."""
+        settings, else computed from the checkpoints here (lorastudy.analysis.summaries)."""
         return summary(self.layout, f"{self.name}-{name}" if self.name else name, settings, compute,
                        sources=self.sources)
 

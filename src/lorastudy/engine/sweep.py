@@ -2,7 +2,7 @@
 once), then the analyses.
 
 A run is done when its results record exists (lorastudy.layout); re-running skips done runs and redoes failed
-or interrupted ones. Runs go to an executor (lorastudy.executors): local worker processes, or cluster jobs.
+or interrupted ones. Runs go to an executor (lorastudy.engine.executors): local worker processes, or cluster jobs.
 """
 from __future__ import annotations
 
@@ -17,15 +17,14 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from lorastudy.config import Profile
-
-from lorastudy.plan import RunSpec, plan_runs
-from lorastudy.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, cpu_count, plan_workers
+from lorastudy.engine.executors import LocalExecutor, Outcome, Plan, SubmititExecutor, cpu_count, plan_workers
+from lorastudy.engine.notebook_exec import clean_stale, execute_in_process, is_exclusive, notebook_parameters
+from lorastudy.engine.runner import DONE, FAILED
+from lorastudy.engine.schedule import run_costs
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import BASE_NOTEBOOK, PROGRESS_ENV, Layout
-from lorastudy.notebooks import clean_stale, execute_in_process, is_exclusive, notebook_parameters
+from lorastudy.plan import RunSpec, plan_runs
 from lorastudy.results import collect, collect_items, run_records, selection_items, stale_runs, write_table
-from lorastudy.runner import DONE, FAILED
-from lorastudy.schedule import run_costs
 from lorastudy.tuning import awaits_selection, runs_expected, runs_to_train
 
 
@@ -64,7 +63,7 @@ def plan_table(profile: Profile, out_root: Path | None = None) -> list[dict[str,
 
 class TrainingBar:
     """A notebook's training progress as one terminal line (steps, tokens/s, ETA), read from the file its
-    Trainer writes (lorastudy.training.ProgressFile) while the notebook runs in a process of its own."""
+    Trainer writes (lorastudy.train.training.ProgressFile) while the notebook runs in a process of its own."""
 
     def __init__(self, path: Path, desc: str) -> None:
         self.path, self.desc, self.bar = path, desc, None
@@ -225,14 +224,9 @@ def run_sweep(profile: Profile, profile_ref: str, *, out_root: Path | None = Non
         print(f"[sweep] {len(todo)} runs on {plan.workers} worker(s), {plan.threads or 'default'} thread(s) each "
               f"({plan.reason}); {executor} executor; each run's log: runs/RUN_ID/sweep.log")
         runner = make_executor(profile, plan, executor, out_root)
-        if isinstance(runner, LocalExecutor):  # a group's other seeds start as soon as its rate is chosen
-            costs = run_costs(profile, planned.values()) if plan.workers > 1 else {}  # the longest run first
-            runner.run(profile_ref, out_root, todo, record, more=lambda: pending(collect(profile, out_root)),
-                       costs=costs)
-        else:  # a job array per stage: the edge rates, then the other seeds, once the stage before has finished
-            runner.run(profile_ref, out_root, todo, record)
-            while later := pending(collect(profile, out_root)):
-                runner.run(profile_ref, out_root, later, record)
+        costs = run_costs(profile, planned.values()) if plan.workers > 1 else {}  # the longest run first
+        # the runs a finished one makes possible (an edge rate; a group's other seeds once its rate is chosen)
+        runner.run(profile_ref, out_root, todo, record, more=lambda: pending(collect(profile, out_root)), costs=costs)
     clock["runs"] = time.perf_counter()
     if profile.released:
         from lorastudy.evaluation.released import evaluate_released  # heavy (torch): only released profiles

@@ -2,7 +2,7 @@
 checkpoints at chosen steps with what they cost (tokens, time, memory), and divergence detection.
 
 A non-finite loss stops training and is recorded as divergence instead of raising. Used by fine-tuning
-(lorastudy.finetune) and by the mini base's pre-training (lorastudy.base).
+(lorastudy.train.finetune) and by the mini base's pre-training (lorastudy.train.base).
 """
 from __future__ import annotations
 

@@ -29,14 +29,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 from lorastudy.config import Profile
 from lorastudy.data.examples import pack_cpt
 from lorastudy.data.sources import load_spec, world_dir
+from lorastudy.data.tokenizer import build_tokenizer
 from lorastudy.evaluation.choice import score_choice
 from lorastudy.io import config_hash, file_sha256, read_jsonl, write_json
 from lorastudy.layout import TRAINER_DIR, base_cache
-from lorastudy.tokenizer import build_tokenizer
-from lorastudy.training import fit, training_arguments
+from lorastudy.train.training import fit, training_arguments
 
 BASE_VERSION = 1  # bump when the mini base recipe changes, so cached bases are rebuilt
-SHIPPED = Path(__file__).parent / "resources" / "bases"  # mini bases shipped with the code, by cache key
+SHIPPED = Path(__file__).parents[1] / "resources" / "bases"  # mini bases shipped with the code, by cache key
 MANIFEST = "shipped.json"
 PRETRAINED_HERE = "pretrained-here"  # marks a cached base pre-trained on this machine (kept over the shipped one)
 log = logging.getLogger(__name__)

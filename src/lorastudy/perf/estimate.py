@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorastudy.config import DatasetSpec, GenerationEval, Profile
-
+from lorastudy.paper import PAPER_LORA_THROUGHPUT_RATIO, PAPER_NODE_GPUS, PAPER_NODE_TOKENS_PER_S
+from lorastudy.perf.memory_model import ModelShapes, llama_shapes
 from lorastudy.plan import RunSpec
 from lorastudy.tuning import runs_expected
-from lorastudy.memory_model import ModelShapes, llama_shapes
-from lorastudy.paper import PAPER_LORA_THROUGHPUT_RATIO, PAPER_NODE_GPUS, PAPER_NODE_TOKENS_PER_S
 
 # ---------------------------------------------------------------- hardware (NVIDIA data sheets, dense bf16)
 GPU_PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # SXM parts; H100 PCIe: 756e12
@@ -225,5 +224,5 @@ def estimate_text(profile: Profile) -> str:
     size = model_size(profile)
     if size is None:
         return (f"estimate: size of {profile.base.model} unknown offline (not a local folder, not in "
-                f"lorastudy.estimate.KNOWN_MODELS); no GPU-hours")
+                f"lorastudy.perf.estimate.KNOWN_MODELS); no GPU-hours")
     return "estimate:\n" + "\n".join(_gpu_estimate(profile, size))

@@ -36,7 +36,7 @@ def local_records(profile: Profile, domain: str) -> int | None:
 def run_cost(profile: Profile, spec: RunSpec, records: int | None) -> float | None:
     """A run's estimated training work in full-FT token steps (see the module docstring); None if unknown."""
     t = profile.training.for_task(spec.domain, spec.regime)
-    durations = t.durations[spec.regime]  # as the run reads them (lorastudy.finetune): task overrides included
+    durations = t.durations[spec.regime]  # as the run reads them (lorastudy.train.finetune): task overrides included
     longest = durations[-1]
     if spec.regime == "cpt":
         tokens = float(longest)

@@ -14,10 +14,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from lorastudy.base import base_source
 from lorastudy.config import TARGET_MODULES, Profile
-from lorastudy.dropout import speed_up_lora_dropout
 from lorastudy.plan import RunSpec
+from lorastudy.train.base import base_source
+from lorastudy.train.dropout import speed_up_lora_dropout
 
 
 def device() -> torch.device:
@@ -141,7 +141,7 @@ def lora_config(spec: RunSpec, profile: Profile) -> Any:
 
 def apply_lora(model: PreTrainedModel, spec: RunSpec, profile: Profile) -> PreTrainedModel:
     """Wrap with peft LoRA; embeddings and lm_head stay frozen (peft freezes all non-adapter weights).
-    On CPU the adapters' input dropout draws its masks the faster way (lorastudy.dropout), same distribution."""
+    On CPU the adapters' input dropout draws its masks the faster way (lorastudy.train.dropout), same distribution."""
     from peft import get_peft_model  # optional at import time (see load_finetuned)
 
     torch.manual_seed(spec.seed)  # peft's adapter init draws from the global RNG

@@ -1,6 +1,6 @@
 """Where a sweep's runs execute: local worker processes (the default) or cluster jobs through submitit.
 
-Both hand every run to `lorastudy.runner`, so resume and lock semantics are the same everywhere: a done run is
+Both hand every run to `lorastudy.engine.runner`, so resume and lock semantics are the same everywhere: a done run is
 skipped, a run another process holds is waited for, a failed run is recorded and the others go on.
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lorastudy.config import Profile
+from lorastudy.engine.notebook_exec import compute_env
+from lorastudy.engine.runner import BUSY, DONE, FAILED, SKIPPED, failure, run_lock, run_locked
+from lorastudy.engine.schedule import longest_first
 from lorastudy.io import write_json
 from lorastudy.layout import PROJECT_ROOT, Layout
-from lorastudy.notebooks import compute_env
-from lorastudy.runner import BUSY, DONE, FAILED, SKIPPED, failure, run_lock, run_locked
-from lorastudy.schedule import longest_first
 
 GIB = 2**30
 RUN_MEMORY_BYTES = {"mini": int(1.5 * GIB), "pretrained": 4 * GIB}  # per run, by base kind; a mini run peaks ~0.8 GiB
@@ -92,12 +92,12 @@ def _wait_for(out_root: Path, run_id: str) -> Outcome:
 
 
 class _Worker:
-    """One `python -m lorastudy.runner --serve` process: runs the ids it is sent one after another in one kernel
+    """One `python -m lorastudy.engine.runner --serve` process: runs the ids it is sent one after another in one kernel
     that it keeps across runs, and answers each with its status on a pipe of its own."""
 
     def __init__(self, profile_ref: str, out_root: Path, threads: int | None, log: Path) -> None:
         read_fd, write_fd = os.pipe()
-        cmd = [sys.executable, "-m", "lorastudy.runner", profile_ref, str(out_root), "--serve",
+        cmd = [sys.executable, "-m", "lorastudy.engine.runner", profile_ref, str(out_root), "--serve",
                "--reply-fd", str(write_fd)]
         if threads:
             cmd += ["--threads", str(threads)]
@@ -136,7 +136,7 @@ class _Worker:
 
 
 class LocalExecutor:
-    """`workers` processes at once on this machine (`lorastudy.runner --serve` with `threads` threads each,
+    """`workers` processes at once on this machine (`lorastudy.engine.runner --serve` with `threads` threads each,
     every one keeping its kernel across the runs it is given); a run's output goes to RUN/sweep.log, the
     progress bar shows what every worker is doing."""
 
@@ -184,7 +184,7 @@ class LocalExecutor:
             more: Callable[[], list[str]] | None = None, costs: dict[str, float] | None = None) -> list[Outcome]:
         """Train `run_ids`, and after every finished run those `more` adds (runs it makes possible: the other
         seeds of a group whose learning rate is chosen), so no worker waits for a stage to end. With `costs`
-        (estimated run lengths, lorastudy.schedule) a free worker takes the longest run waiting."""
+        (estimated run lengths, lorastudy.engine.schedule) a free worker takes the longest run waiting."""
         outcomes: list[Outcome] = []
         running: dict[Future, str] = {}
         costs = costs or {}
@@ -248,8 +248,18 @@ class SubmititExecutor:
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
         self.plan = plan
 
-    def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str],
-            on_done: Callable[[Outcome], None]) -> list[Outcome]:
+    def run(self, profile_ref: str, out_root: Path, run_ids: Sequence[str], on_done: Callable[[Outcome], None],
+            more: Callable[[], list[str]] | None = None, costs: dict[str, float] | None = None) -> list[Outcome]:
+        """LocalExecutor.run's contract, a job array per stage: `run_ids`, then, once that array has ended, the
+        runs `more` adds (the edge rates, then the other seeds), until it adds none. `costs` is not used: the
+        cluster's scheduler orders the tasks."""
+        outcomes = self._array(profile_ref, out_root, run_ids, on_done)
+        while more and (later := more()):
+            outcomes += self._array(profile_ref, out_root, later, on_done)
+        return outcomes
+
+    def _array(self, profile_ref: str, out_root: Path, run_ids: Sequence[str],
+               on_done: Callable[[Outcome], None]) -> list[Outcome]:
         n = len(run_ids)
         jobs = self.executor.map_array(_job, [profile_ref] * n, [str(out_root)] * n, list(run_ids),
                                        [self.plan.threads] * n)

@@ -2,7 +2,7 @@
 
 CPT packs unstructured text and learns every token; IFT learns the response tokens only. Checkpoints are
 written at the profile's durations (tokens for CPT, epochs for IFT). A profile with several processes trains
-under a launcher (lorastudy.launch), which runs this same code in every process.
+under a launcher (lorastudy.train.launch), which runs this same code in every process.
 """
 from __future__ import annotations
 
@@ -14,20 +14,19 @@ from typing import Any
 import pandas as pd
 from transformers import set_seed
 
-from lorastudy.base import base_record
 from lorastudy.config import Profile
-
-from lorastudy.plan import RunSpec
 from lorastudy.data.examples import pack_cpt, to_pair, to_text, tokenize_ift
 from lorastudy.data.records import Record
 from lorastudy.data.sources import load_spec, stream_texts, streams
 from lorastudy.data.stream import StreamData
 from lorastudy.io import read_json, write_json
-from lorastudy.launch import inside_launcher, train_distributed
 from lorastudy.layout import RUN_STAMP, RunPaths
-from lorastudy.modeling import apply_lora, count_parameters, load_base, set_attention_dropout
+from lorastudy.plan import RunSpec
 from lorastudy.provenance import provenance
-from lorastudy.training import RESUME_RECORD, branch_points, checkpoint_steps, fit, ordered, training_arguments
+from lorastudy.train.base import base_record
+from lorastudy.train.launch import inside_launcher, train_distributed
+from lorastudy.train.modeling import apply_lora, count_parameters, load_base, set_attention_dropout
+from lorastudy.train.training import RESUME_RECORD, branch_points, checkpoint_steps, fit, ordered, training_arguments
 
 
 def load_training_records(profile: Profile, spec: RunSpec) -> list[Record]:
@@ -79,7 +78,7 @@ def fresh_model(profile: Profile, spec: RunSpec) -> Any:
     return model, tok
 
 
-def train_run(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+def train_in_process(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     """Fine-tune one run and write `train.json` last (its presence means the run is trained).
 
     Every duration is annealed: one warmup-stable-decay schedule to the longest duration, and for each shorter
@@ -149,18 +148,18 @@ def read_train_summary(run_dir: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-def run_training(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+def train_here_or_launched(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     """Train here, or in a launcher when the profile asks for several processes and we are not in one yet."""
     if profile.training.num_processes > 1 and not inside_launcher():
         prepare_attempt(profile, spec, run_dir)
         return train_distributed(profile, spec, run_dir)
-    return train_run(profile, spec, run_dir, progress=progress)
+    return train_in_process(profile, spec, run_dir, progress=progress)
 
 
 def ensure_trained(profile: Profile, spec: RunSpec, run_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     """The run's training summary, training it first unless a finished (or diverged) run is already there;
-    a profile with several processes trains under `accelerate launch` (lorastudy.launch)."""
-    return read_train_summary(run_dir) or run_training(profile, spec, run_dir, progress=progress)
+    a profile with several processes trains under `accelerate launch` (lorastudy.train.launch)."""
+    return read_train_summary(run_dir) or train_here_or_launched(profile, spec, run_dir, progress=progress)
 
 
 def checkpoint_table(summary: dict[str, Any]) -> pd.DataFrame:

@@ -22,14 +22,20 @@ import yaml
 
 from lorastudy.analysis.robustness import base_forgetting, paired_verdicts, replicate_layouts, settled
 from lorastudy.config import Profile
-from lorastudy.executors import plan_workers
+from lorastudy.engine.executors import plan_workers
+from lorastudy.engine.sweep import run_analyses
 from lorastudy.io import read_json, write_text
 from lorastudy.layout import PROJECT_ROOT, Layout, RunPaths
+from lorastudy.publish.scorecard import (
+    CHAPTER_VERDICTS,
+    bases_section,
+    figure_labels,
+    replicate_section,
+    scorecard,
+    settled_section,
+)
+from lorastudy.publish.snapshot import describe, from_snapshot, seed, stale_copy, verify_inputs
 from lorastudy.results import RUN_COLUMNS, wide
-from lorastudy.scorecard import (CHAPTER_VERDICTS, bases_section, figure_labels, replicate_section, scorecard,
-                                 settled_section)
-from lorastudy.snapshot import describe, from_snapshot, seed, stale_copy, verify_inputs
-from lorastudy.sweep import run_analyses
 
 BOOK_DIR = PROJECT_ROOT / "book"
 PAGES_BEFORE = ["methods"]  # static pages between the intro and the chapters

@@ -3,8 +3,8 @@
 The lock (an OS file lock, released by the kernel when the process dies) makes sure that two workers, or two
 sweeps started at once on one output folder, never train the same run; a killed worker's run is simply not
 done and is redone by the next sweep. Every attempt is logged, so a reader can see that a run was trained once.
-Run as `python -m lorastudy.runner PROFILE OUT RUN_ID --threads N` for one run, called in a cluster job by the
-submitit executor, or as `python -m lorastudy.runner PROFILE OUT --serve --reply-fd FD` by the local executor:
+Run as `python -m lorastudy.engine.runner PROFILE OUT RUN_ID --threads N` for one run, called in a cluster job by the
+submitit executor, or as `python -m lorastudy.engine.runner PROFILE OUT --serve --reply-fd FD` by the local executor:
 a worker that reads run ids from stdin, runs them one after another in one kernel kept across runs (no kernel
 start-up or torch import per run), and answers each with its status on FD.
 """
@@ -15,8 +15,8 @@ import json
 import os
 import socket
 import sys
-import time
 import threading
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -26,12 +26,19 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from lorastudy.config import load_profile
-
-from lorastudy.plan import find_run
+from lorastudy.engine.notebook_exec import (
+    clean_stale,
+    compute_env,
+    describe_error,
+    execute,
+    kernel,
+    notebook_parameters,
+    reset,
+    start_kernel,
+)
 from lorastudy.io import read_json, write_json
 from lorastudy.layout import EVALUATE_NOTEBOOK, FINETUNE_NOTEBOOK, Layout, RunPaths
-from lorastudy.notebooks import (clean_stale, describe_error, execute, kernel, notebook_parameters, reset, start_kernel,
-                                 compute_env)
+from lorastudy.plan import find_run
 
 DONE, FAILED, BUSY, SKIPPED = "done", "failed", "busy", "skipped"
 EXIT_CODES = {DONE: 0, FAILED: 1, SKIPPED: 3, BUSY: 75}  # 75 = EX_TEMPFAIL: another process holds the run
@@ -159,7 +166,7 @@ def serve(profile_ref: str, out_root: str | Path, *, threads: int | None, reply_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lorastudy.runner", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lorastudy.engine.runner", description=__doc__.splitlines()[0])
     p.add_argument("profile")
     p.add_argument("output")
     p.add_argument("run_id", nargs="?", help="the run to train and evaluate (not with --serve)")
