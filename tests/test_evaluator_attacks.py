@@ -166,12 +166,25 @@ def test_the_host_is_invisible(problems, shared_data) -> None:
     assert result.passed, result.output
 
 
+def _sandboxes() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("lorastudy-sbx-*"))
+
+
+def _wait_for_a_new_sandbox(before: set[Path], timeout: float = 10.0) -> None:
+    """Until another thread's run has its sandbox folder (it is under way), not for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not _sandboxes() - before:
+        assert time.monotonic() < deadline, "the other run never started"
+        time.sleep(0.01)
+
+
 @needs_private_root
 def test_concurrent_runs_cannot_see_each_others_files() -> None:
+    before = _sandboxes()
     writer = threading.Thread(target=run_program, args=(
         "open('/tmp/secret-of-run-a', 'w').write('a')\nimport time\ntime.sleep(1.5)\n",), kwargs={"timeout": 3})
     writer.start()
-    time.sleep(0.5)
+    _wait_for_a_new_sandbox(before)
     reader = run_program("import os\nassert os.listdir('/tmp') == [], os.listdir('/tmp')\n")
     writer.join()
     assert reader.passed, reader.output
@@ -236,8 +249,9 @@ def test_a_fork_bomb_does_not_starve_a_concurrent_run() -> None:
     bomb = threading.Thread(target=run_program, args=(
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",),
         kwargs={"timeout": 3, "max_procs": 24})
+    before = _sandboxes()
     bomb.start()
-    time.sleep(0.7)
+    _wait_for_a_new_sandbox(before)
     honest = run_program("import os\npids = [os.fork() for _ in range(1)]\nfor pid in pids:\n    if pid == 0:\n"
                          "        os._exit(0)\n    os.waitpid(pid, 0)\n", timeout=5)
     bomb.join()

@@ -192,26 +192,33 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from lorastudy.perf.bench import bench_train
+    from lorastudy.perf.records import keep
 
-    bench_train(args.profile, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
-                ranks=[int(r) for r in args.ranks.split(",")], steps=args.steps)
+    rows = bench_train(args.profile, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+                       ranks=[int(r) for r in args.ranks.split(",")], steps=args.steps)
+    keep(args, "bench", rows)
     return 0
 
 
 def cmd_bench_step(args: argparse.Namespace) -> int:
     from lorastudy.perf.bench_step import bench_step
+    from lorastudy.perf.records import keep
 
-    bench_step(args.profile, ranks=[int(r) for r in args.ranks.split(",")], batch=args.batch, steps=args.steps,
-               threads=args.threads, without_dropout=args.without_dropout)
+    rows = bench_step(args.profile, ranks=[int(r) for r in args.ranks.split(",")], batch=args.batch,
+                      steps=args.steps, threads=args.threads, without_dropout=args.without_dropout)
+    keep(args, "bench-step", rows, rows[0]["matmul_peak_flops"] / 1e9 if rows else None)
     return 0
 
 
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
     from lorastudy.perf.bench_sweep import print_report
+    from lorastudy.perf.records import keep
 
     profile = _profile(args)
-    print_report(profile, _out(args, profile), peak=not args.no_peak)
+    report = print_report(profile, _out(args, profile), peak=not args.no_peak)
+    keep(args, "bench-sweep", report, report.get("matmul_peak_gflops"))
     return 0
+
 
 
 def cmd_released_revisions(args: argparse.Namespace) -> int:
@@ -318,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-sizes", default="16")
     sp.add_argument("--ranks", default="4,16,64")
     sp.add_argument("--steps", type=int, default=20)
+    for name in ("bench", "bench-step", "bench-sweep"):
+        sub.choices[name].add_argument("--record-dir", help="where the JSON record goes (default: benchmarks/)")
+        sub.choices[name].add_argument("--no-record", action="store_true", help="print only, keep no record")
     add("results", cmd_results, "the tidy results table (csv or parquet)").add_argument(
         "--format", choices=["csv", "parquet"])
     sub.choices["results"].add_argument("--out", help="write to this file instead of stdout")

@@ -115,7 +115,7 @@ def run(profile_name: str, ranks: Sequence[int], batch: int, steps: int, without
 def report(lines: Sequence[str]) -> list[dict[str, Any]]:
     """Print the rows of `run`'s output as a table of rates and one of where each step's time goes."""
     peak = next(float(line[5:]) for line in lines if line.startswith("PEAK "))
-    rows = [json.loads(line[7:]) for line in lines if line.startswith("RESULT ")]
+    rows = [{**json.loads(line[7:]), "matmul_peak_flops": peak} for line in lines if line.startswith("RESULT ")]
     print(f"fp32 matmul peak at {rows[0]['threads'] if rows else '?'} thread(s): {peak / 1e9:.1f} GFLOP/s")
     print(f"{'method':<8}{'rank':>5}{'drop':>6}{'ms/step':>9}{'tok/s':>8}{'rule':>5}{'GFLOP/s':>9}{'of peak':>9}"
           f"{'matmul G/step':>15}{'rule G/step':>13}{'in-matmul GFLOP/s':>19}")
