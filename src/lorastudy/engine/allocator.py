@@ -1,8 +1,8 @@
 """The memory allocator of the processes that train and evaluate: tcmalloc when it is installed.
 
 On a CPU, PyTorch allocates and frees many activation-sized buffers every step; glibc's malloc hands large ones
-back to the kernel and faults them in again, tcmalloc keeps them. Measured on a 2-core host: the mini model
-trains 12-17% faster, with bit-identical checkpoints (README, "Measured throughput"). The allocator is chosen
+back to the kernel and faults them in again, tcmalloc keeps them: the mini model trains faster, with
+bit-identical checkpoints (the measurements: LOG.md, "Undated"). The allocator is chosen
 by preloading it, the way PyTorch's CPU performance guide does; `LORASTUDY_MALLOC=system` keeps glibc's.
 """
 from __future__ import annotations

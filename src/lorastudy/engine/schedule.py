@@ -18,8 +18,8 @@ from lorastudy.config import Profile
 from lorastudy.data.sources import load_spec, resolve_source
 from lorastudy.plan import RunSpec
 
-# A LoRA step over a full-FT step, at one thread on the mini model (bench-sweep of the issue-era mini profile,
-# 2026-12-03, Intel Xeon host): 1.30 at r=4 and 1.34 at r=16 to 1.55 at r=64 (CPT), 1.65 at r=64 (IFT).
+# A LoRA step's cost over a full-FT step at one thread on the mini model, as `lorastudy bench-sweep` measured it
+# (LOG.md, 2026-12-03, "the whole issue-era profile"). Only the order runs start in uses it.
 LORA_STEP_COST = 1.3
 LORA_RANK_COST = 0.6  # per unit of rank / hidden size: r=64 of 128 adds 0.3
 
