@@ -1,5 +1,6 @@
 """What every notebook opens with, in one call: the profile, its output tree, the results and the paper's
-tables, and the house style. Notebooks then hold calls, display and prose only."""
+tables, the claims and the facts the prose cites, and the house style. A chapter notebook imports this and its
+own analysis and figures modules only; it then holds calls, display and prose."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 from myst_nb import glue
 
+from lorastudy.analysis import claims as claim_text
+from lorastudy.analysis import learning_forgetting, selection
 from lorastudy.analysis.summaries import checkpoint_sources, summary
 from lorastudy.config import Profile, load_profile
 from lorastudy.figures.style import style
@@ -19,7 +22,7 @@ from lorastudy.layout import Layout, RunPaths
 from lorastudy.paper import paper_tables
 from lorastudy.plan import RunSpec, resolve_run
 from lorastudy.publish.snapshot import verify_inputs
-from lorastudy.results import collect, collect_items
+from lorastudy.results import collect, collect_items, write_table
 
 
 @dataclass
@@ -78,6 +81,73 @@ class Chapter:
     def paper(self) -> pd.DataFrame:
         """The paper's Tables S1–S8 in the results table's columns."""
         return paper_tables()
+
+    # ------------------------------------------------------------------ claims: what the chapter can say
+    @cached_property
+    def claims(self) -> pd.DataFrame:
+        """Every claim of the sweep (claims.csv, or computed when it is missing)."""
+        return claim_text.claims_table(self.profile, self.out)
+
+    def claims_of(self, family: str) -> pd.DataFrame:
+        """The claims of one family: 'main', 'matched', 'other-rate', 'fig4', 'fig7', 'figS3', ..."""
+        return claim_text.claims_of(self.claims, family)
+
+    def show_claims(self, table: pd.DataFrame, what: str, extra: str = "") -> pd.DataFrame:
+        """The verdict count as a sentence (and `extra`), shown; the claims' compact table, returned for display."""
+        self.say(claim_text.verdict_text(table, what) + (f" {extra}" if extra else ""))
+        return claim_text.compact(table)
+
+    @staticmethod
+    def sentences(table: pd.DataFrame, what: str = "claims") -> str:
+        """The verdicts as sentences, for the prose of "What our runs say"."""
+        return claim_text.verdict_sentences(table, what)
+
+    def rate_dependence(self) -> str:
+        """Which headline verdicts change when LoRA runs at its other candidate rate."""
+        return claim_text.rate_dependence_text(self.claims)
+
+    # ------------------------------------------------------------------ facts shared by chapters
+    def base_values(self, domain: str) -> dict[str, float]:
+        """The base model's learning, forgetting and source loss in `domain`: the comparisons' reference."""
+        return selection.base_values(self.results, domain)
+
+    panel_name = staticmethod(selection.panel_name)
+    measured_metrics = staticmethod(selection.measured_metrics)
+
+    def chosen_rates(self) -> pd.DataFrame:
+        """Every candidate rate of the main grid with its validation score, and which one was chosen."""
+        return learning_forgetting.chosen_rates_table(self.profile, self.results, self.items)
+
+    def scale_facts(self) -> dict[str, str]:
+        """The study's scale (parameters, width, tokens, ranks, bases, rate ratios) as text for the prose."""
+        return learning_forgetting.scale_facts(self.profile, self.results, self.items, self.claims, self.out)
+
+    # ------------------------------------------------------------------ display and what the chapter keeps
+    @staticmethod
+    def md(text: str) -> Markdown:
+        return Markdown(text)
+
+    @staticmethod
+    def say(*shown: Any) -> None:
+        """Display each: text as Markdown, anything else as itself."""
+        display(*(Markdown(x) if isinstance(x, str) else x for x in shown))
+
+    @staticmethod
+    def not_run(what: str) -> Markdown:
+        """The note for an arm this profile does not run."""
+        return Markdown(claim_text.not_run(what))
+
+    @staticmethod
+    def glue(**facts: Any) -> None:
+        glue_text(**facts)
+
+    def keep(self, table: pd.DataFrame, filename: str) -> None:
+        """A table into this chapter's cache folder."""
+        write_table(table, self.cache / filename)
+
+    def keep_verdict(self, verdict: pd.DataFrame) -> None:
+        """This chapter's verdict table, where the landing page's scorecard reads it."""
+        write_table(verdict, self.layout.chapter_verdict(self.name))
 
 
 def glue_text(**facts: Any) -> None:

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
+# Fig S2's table lives with the arm claims; chapter 14 reads it from here (an explicit re-export)
+from lorastudy.analysis.arm_claims import optimizer_comparison as optimizer_comparison
 from lorastudy.analysis.selection import (
     close_to,
     default_alpha,
