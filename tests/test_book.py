@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import base64
 import io
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -70,7 +72,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(executed_notebook(title), path)
     results_table().to_csv(out / "results.csv", index=False)
-    html = build_book("tiny", out, book_dir=book_dir)
+    before = os.environ.get("LORASTUDY_REPOSITORY_URL")
+    os.environ["LORASTUDY_REPOSITORY_URL"] = "https://github.com/OWNER/lorastudy"  # the launch buttons' target
+    try:
+        html = build_book("tiny", out, book_dir=book_dir)
+    finally:
+        if before is None:
+            del os.environ["LORASTUDY_REPOSITORY_URL"]
+        else:
+            os.environ["LORASTUDY_REPOSITORY_URL"] = before
     return html, out
 
 
@@ -203,3 +213,31 @@ def test_every_figure_cell_of_the_notebooks_only_draws_its_figure(path):
             shown = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                      and n.func.id in ("display", "print", "Markdown")]
             assert not shown, f"{path.name} cell {i} calls {shown}"
+
+
+@pytest.mark.parametrize("env, origin, expected", [
+    ({"LORASTUDY_REPOSITORY_URL": "https://github.com/a/b"}, "", "https://github.com/a/b"),
+    ({"GITHUB_REPOSITORY": "lab/lorastudy"}, "", "https://github.com/lab/lorastudy"),
+    ({}, "git@github.com:lab/lorastudy.git", "https://github.com/lab/lorastudy"),
+    ({}, "https://github.com/lab/lorastudy.git", "https://github.com/lab/lorastudy"),
+    ({}, "/srv/mirror/lorastudy", None),
+])
+def test_the_repository_comes_from_the_environment_or_a_github_origin(monkeypatch, env, origin, expected):
+    for key in ("LORASTUDY_REPOSITORY_URL", "GITHUB_REPOSITORY"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(book.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, origin + "\n", ""))
+    assert book.repository_url() == expected
+
+
+def test_without_a_repository_the_book_has_no_launch_buttons(monkeypatch, tmp_path):
+    monkeypatch.setattr(book, "repository_url", lambda: None)
+    book._write_config(BOOK_DIR / "_config.yml", tmp_path / "_config.yml")
+    config = yaml.safe_load((tmp_path / "_config.yml").read_text())
+    assert "launch_buttons" not in config and "url" not in config["repository"]
+    assert config["html"]["use_repository_button"] is False
+    monkeypatch.setattr(book, "repository_url", lambda: "https://github.com/lab/lorastudy")
+    book._write_config(BOOK_DIR / "_config.yml", tmp_path / "_config.yml")
+    config = yaml.safe_load((tmp_path / "_config.yml").read_text())
+    assert config["repository"]["url"] == "https://github.com/lab/lorastudy" and config["launch_buttons"]

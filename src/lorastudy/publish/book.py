@@ -7,6 +7,7 @@ reference or a notebook without a title fails the build instead of shipping.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -210,11 +211,36 @@ def _jupyter_book() -> str:
     return found
 
 
+def repository_url() -> str | None:
+    """The GitHub repository the book's buttons point at: $LORASTUDY_REPOSITORY_URL, else GitHub Actions'
+    $GITHUB_REPOSITORY, else this clone's `origin` when it is on GitHub; None when none is known."""
+    if url := os.environ.get("LORASTUDY_REPOSITORY_URL"):
+        return url
+    if slug := os.environ.get("GITHUB_REPOSITORY"):
+        return f"https://github.com/{slug}"
+    try:
+        origin = subprocess.run(["git", "remote", "get-url", "origin"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if m := re.fullmatch(r"(?:https://github\.com/|git@github\.com:)([\w.-]+/[\w.-]+?)(?:\.git)?/?", origin):
+        return f"https://github.com/{m.group(1)}"
+    return None
+
+
 def _write_config(source: Path, dest: Path) -> None:
-    """Copy `_config.yml`, forcing what the build relies on: no execution, only the pages of the toc."""
+    """Copy `_config.yml`, forcing what the build relies on: no execution, only the pages of the toc, and the
+    repository its buttons point at (without one, no repository or launch buttons: never a dead link)."""
     config = yaml.safe_load(source.read_text()) if source.is_file() else {}
     config.setdefault("execute", {})["execute_notebooks"] = "off"
     config["only_build_toc_files"] = True
+    url = repository_url()
+    if url:
+        config.setdefault("repository", {})["url"] = url
+    else:
+        config.get("repository", {}).pop("url", None)
+        config.pop("launch_buttons", None)
+        config.setdefault("html", {})["use_repository_button"] = False
     write_text(dest, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
