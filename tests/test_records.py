@@ -47,4 +47,5 @@ def test_bench_sweep_writes_a_record(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     [path] = (tmp_path / "records").glob("bench-sweep-*.json")
-    assert json.loads(path.read_text())["results"]["runs"] == 0
+    results = json.loads(path.read_text())["results"]
+    assert results["runs"] == 0 and results["trained_at_commits"] == []

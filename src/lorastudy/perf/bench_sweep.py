@@ -50,6 +50,7 @@ def run_phases(profile: Profile, out_root: Path) -> pd.DataFrame:
             "tokens": last.get("tokens_seen"), "parameters": train["parameters"]["total"],
             "tokens_per_s": (last.get("tokens_seen") or 0) / max(train["wall_time_s"], 1e-9),
             "started": sweep.get("started"), "finished": sweep.get("finished"),
+            "commit": ((train.get("provenance") or {}).get("git") or {}).get("commit"),  # the code that trained it
         })
     return pd.DataFrame(rows)
 
@@ -101,6 +102,7 @@ def summary(profile: Profile, out_root: Path) -> dict[str, Any]:
     phases = ["total_s", "startup_finetune_s", "load_model_s", "tokenize_s", "train_s", "startup_evaluate_s",
               "eval_load_s", "eval_s"]
     return {"runs": n, "workers": sweep.get("workers"), "threads_per_run": sweep.get("threads_per_run"),
+            "trained_at_commits": sorted(set(runs.commit.dropna())) if len(runs) else [],
             "sweep_seconds": sweep.get("seconds"), "runs_wall_s": wall,
             "runs_per_hour": 3600 * n / wall if wall else None,
             "median_phase_s": {p: statistics.median(runs[p]) for p in phases if len(runs)},
