@@ -50,7 +50,7 @@ OWN = {
     "13_spectra": ({"spectra"}, {"spectra"}),
     "14_sensitivity": ({"sensitivity"}, {"comparisons", "sensitivity"}),
     "15_memory": ({"memory"}, {"memory"}),
-    "16_beyond": ({"beyond"}, {"beyond"}),
+    "16_beyond": ({"beyond", "transitions"}, {"beyond"}),
 }
 
 

@@ -13,6 +13,7 @@ from lorastudy.analysis.arm_claims import arm_claims
 from lorastudy.analysis.intervals import AGREES, CANNOT_TELL, DISAGREES
 from lorastudy.analysis.learning_forgetting import CLAIM_COLUMNS, main_claims
 from lorastudy.analysis.matched import matched_claims
+from lorastudy.analysis.transitions import transition_claims
 from lorastudy.config import Profile
 from lorastudy.io import file_sha256, read_json, write_json
 from lorastudy.layout import Layout
@@ -61,7 +62,7 @@ def claims_sources(layout: Layout) -> dict[str, str | None]:
 
 def compute_claims(profile: Profile, out_root: Path) -> pd.DataFrame:
     """The main grid's claims at the chosen rates, forgetting at matched learning, the main claims again with
-    LoRA at its other candidate rate, and the extra arms' claims, from the sweep's results and per-item tables
+    LoRA at its other candidate rate, the extra arms' claims and per-item transitions against the base, from the sweep's results and per-item tables
     (collected from the runs when the sweep has not written them)."""
     layout = Layout(out_root)
     df = pd.read_csv(layout.results_table) if layout.results_table.is_file() else collect(profile, out_root)
@@ -71,7 +72,8 @@ def compute_claims(profile: Profile, out_root: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no per-item results under {out_root}: run `lorastudy sweep {profile.name}` first")
     paper = paper_tables()
     parts = [main_claims(df, items, profile, paper), matched_claims(df, items, profile),
-             main_claims(df, items, profile, paper, lora_rate="other"), arm_claims(df, items, profile)]
+             main_claims(df, items, profile, paper, lora_rate="other"), arm_claims(df, items, profile),
+             transition_claims(df, items, profile)]
     parts = [p for p in parts if len(p)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CLAIM_COLUMNS)
 
@@ -82,7 +84,7 @@ MAIN_KINDS = ("full-learns-more", "full-learns-more-nll", "lora-forgets-less", "
 
 def kind(claim_id: str) -> str:
     """A claim's family: 'main' (the headline claims at the chosen rates), else its id's first part
-    ('matched', 'other-rate', 'fig4', 'fig7', 'figS3')."""
+    ('matched', 'other-rate', 'fig4', 'fig7', 'figS3', 'transitions')."""
     head = claim_id.split("/")[0]
     return "main" if head in MAIN_KINDS else head
 

@@ -23,7 +23,7 @@ from lorastudy.figures.style import (
 )
 from lorastudy.plan import method_label
 
-__all__ = ["plot_intruders", "plot_kl_forgetting"]
+__all__ = ["plot_intruders", "plot_kl_forgetting", "plot_transitions"]
 
 
 def plot_intruders(summary: pd.DataFrame, hidden_size: int | None = None) -> Figure:
@@ -87,4 +87,35 @@ def plot_kl_forgetting(frame: pd.DataFrame, y: str = "forgetting_drop",
     ax.set(xlabel="KL(base ‖ fine-tuned) on target prompts (nats/token)", ylabel=ylabel, title=title)
     ax.axhline(0, color=BASE_COLOUR, ls="--", lw=1)
     ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize="small")
+    return fig
+
+
+def plot_transitions(table: pd.DataFrame) -> Figure:
+    """Per panel: the share of the forgetting sets' items each arm lost (the base right, the arm wrong) and
+    gained (drawn below zero), mean over the sets (`lorastudy.analysis.transitions.transitions_table`); what a
+    guessing model would lose is written in each panel (far above these shares, so no line for it)."""
+    ensure_style()
+    fig, axes = plt.subplots(2, 2, squeeze=False, layout="constrained", figsize=(9.2, 5.6))
+    for (i, domain), (j, regime) in itertools.product(enumerate(DOMAINS), enumerate(REGIMES)):
+        ax, panel = axes[i, j], f"{domain} {regime.upper()}"
+        ax.set_title(panel)
+        rows = table[table.panel == panel]
+        if rows.empty:
+            blank_panel(ax, "not run")
+            continue
+        arms = list(dict.fromkeys(rows.arm))
+        mean = rows.groupby("arm", sort=False)[["lost", "gained", "lost_if_guessing"]].mean().loc[arms]
+        colours = [method_colour("full") if a == "full" else rank_colour(float(a.split("=")[1])) for a in arms]
+        ax.bar(range(len(arms)), mean.lost, color=colours, label="lost (base right, arm wrong)")
+        ax.bar(range(len(arms)), -mean.gained, color=colours, alpha=0.45, hatch="//", label="gained (drawn below 0)")
+        ax.axhline(0, color=BASE_COLOUR, lw=0.8)
+        top = max(float(mean.lost.max()), 0.01) * 1.3
+        ax.set_ylim(-max(float(mean.gained.max()), 0.002) * 1.5, top)
+        ax.text(0.98, 0.95, f"a guessing model loses {float(mean.lost_if_guessing.iloc[0]):.2f}", ha="right",
+                va="top", transform=ax.transAxes, color=GUIDE_COLOUR, fontsize="small")
+        ax.set_xticks(range(len(arms)))
+        ax.set_xticklabels([a.replace("LoRA ", "") for a in arms])
+        ax.set_ylabel("share of items (mean of the sets)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3)
     return fig

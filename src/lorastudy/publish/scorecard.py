@@ -24,13 +24,15 @@ FIGURE_OF = [("full-learns-more-nll", "fig-answer-nll"), ("cpt-learns-nll", "fig
              ("ift-learns-nll", "fig-answer-nll"), ("full-learns-more", "fig-learning"), ("cpt-learns", "fig-learning"),
              ("ift-learns", "fig-learning"),
              ("lora-forgets-less", "fig-forgetting"), ("matched", "fig-tradeoff"), ("other-rate", "fig-lr-sweep"),
-             ("fig4", "fig-regularization-tradeoff"), ("fig7", "fig-modules"), ("figS3", "fig-alpha")]
+             ("fig4", "fig-regularization-tradeoff"), ("fig7", "fig-modules"), ("figS3", "fig-alpha"),
+             ("transitions", "fig-transitions")]
 FAMILIES = {"main": "Headline claims at the chosen learning rates (chapter 10, Figs 2–3)",
             "matched": "Forgetting at matched learning (chapter 10, Fig 3 read at equal learning)",
             "other-rate": "The headline claims again at LoRA's other candidate rate (chapter 14, Fig S1)",
             "fig4": "LoRA against weight decay and attention dropout (chapter 11, Fig 4)",
             "fig7": "Which modules LoRA adapts (chapter 14, Fig 7)",
-            "figS3": "α and rsLoRA (chapter 14, Fig S3)"}
+            "figS3": "α and rsLoRA (chapter 14, Fig S3)",
+            "transitions": "Per-item forgetting: the base's right answers LoRA and full FT lose (chapter 16)"}
 # chapters whose claims are measurements of weights or samples: their verdict table and its figure
 CHAPTER_VERDICTS = {"12_diversity": ("Diversity of generations (chapter 12, Figs 5 and S9)", "fig-unique"),
                     "13_spectra": ("The rank of full fine-tuning's update (chapter 13, Figs 6, S7, S8)",
