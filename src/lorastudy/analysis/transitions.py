@@ -60,7 +60,7 @@ def transitions_table(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -
         last = _longest(g)
         for (method, rank), cell in last.groupby(["method", last.lora_rank.fillna(0)]):
             arm = "full" if method == "full" else f"LoRA r={int(rank)}"
-            mine = flips[flips.run_id.isin(set(cell.run_id))]
+            mine = flips.merge(cell[["run_id", "checkpoint"]], on=["run_id", "checkpoint"])  # the longest only
             for metric, k in chance.items():
                 acc = float(base_acc.get(metric, np.nan))
                 share = {f: float(mine[mine.metric == f"{f}_{metric}"].value.mean()) for f in FLIPS}
