@@ -74,6 +74,8 @@ def transitions_table(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -
 def transition_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -> pd.DataFrame:
     """Per panel and rank: does LoRA lose fewer of its base's right answers than full FT (the lost shares over
     the forgetting sets' items, full minus LoRA)?"""
+    if not items.metric.isin(forgetting_metrics(profile)).any():  # no forgetting set was scored: nothing to count
+        return pd.DataFrame(columns=CLAIM_COLUMNS)
     flips = flip_items(items, df, profile)
     lost = [f"lost_{m}" for m in forgetting_metrics(profile)]
     rows = []
