@@ -25,15 +25,19 @@ from lorastudy.config import Profile
 FLIPS = ("lost", "gained")
 
 
-def flip_items(items: pd.DataFrame, df: pd.DataFrame, profile: Profile) -> pd.DataFrame:
-    """Per-item `lost_<set>` and `gained_<set>` indicators (0 or 1) of every fine-tuned cell of `df`, against its
-    own base's answer to the same item; rows as the items table's."""
+def flip_items(items: pd.DataFrame, df: pd.DataFrame, profile: Profile, cells: pd.DataFrame | None = None
+               ) -> pd.DataFrame:
+    """Per-item `lost_<set>` and `gained_<set>` indicators (0 or 1) of the fine-tuned (run_id, checkpoint,
+    base_id) `cells` (default: every fine-tuned cell of `df`), against each one's own base's answer to the same
+    item (the bases' rows of `df`); rows as the items table's."""
     forget = forgetting_metrics(profile)
     answers = items[items.metric.isin(forget)]
     bases = base_rows(df)[["run_id", "base_id"]].drop_duplicates()
     base = (answers.merge(bases, on="run_id")[["base_id", "metric", "item", "value"]]
             .rename(columns={"value": "base_value"}))
-    cells = df[df.method != "base"][["run_id", "checkpoint", "base_id"]].drop_duplicates()
+    if cells is None:
+        cells = df[df.method != "base"]
+    cells = cells[["run_id", "checkpoint", "base_id"]].drop_duplicates()
     mine = answers[answers.run_id.isin(set(cells.run_id))].merge(cells, on=["run_id", "checkpoint"])
     joined = mine.merge(base, on=["base_id", "metric", "item"])
     lost = (joined.base_value == 1) & (joined.value == 0)
@@ -44,20 +48,26 @@ def flip_items(items: pd.DataFrame, df: pd.DataFrame, profile: Profile) -> pd.Da
                      ignore_index=True)
 
 
-def _longest(runs: pd.DataFrame) -> pd.DataFrame:
-    last = runs[runs.duration == runs.duration.max()]
-    return last[["run_id", "checkpoint", "base_id", "method", "lora_rank"]].drop_duplicates()
+def _longest_cells(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """Per (domain, regime): the main grid's cells at the chosen rates and the panel's longest duration."""
+    out = {}
+    for panel, runs in chosen_runs(profile, df, items).groupby(["domain", "regime"]):
+        last = runs[runs.duration == runs.duration.max()]
+        out[panel] = last[["run_id", "checkpoint", "base_id", "method", "lora_rank"]].drop_duplicates()
+    return out
 
 
 def transitions_table(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Per panel, arm (at its chosen rate and longest duration, mean over its runs) and forgetting set: the share
     of items lost and gained, the base's accuracy, and the shares a model that guessed would lose and gain."""
-    flips = flip_items(items, df, profile)
+    panels = _longest_cells(profile, df, items)
+    if not panels:
+        return pd.DataFrame()
+    flips = flip_items(items, df, profile, pd.concat(panels.values()))  # only the cells the table reads
     chance = chance_levels(profile)
     base_acc = (items[items.run_id.isin(set(base_rows(df).run_id))].groupby("metric").value.mean())
     rows = []
-    for (domain, regime), g in chosen_runs(profile, df, items).groupby(["domain", "regime"]):
-        last = _longest(g)
+    for (domain, regime), last in panels.items():
         for (method, rank), cell in last.groupby(["method", last.lora_rank.fillna(0)]):
             arm = "full" if method == "full" else f"LoRA r={int(rank)}"
             mine = flips.merge(cell[["run_id", "checkpoint"]], on=["run_id", "checkpoint"])  # the longest only
@@ -76,11 +86,13 @@ def transition_claims(df: pd.DataFrame, items: pd.DataFrame, profile: Profile) -
     the forgetting sets' items, full minus LoRA)?"""
     if not items.metric.isin(forgetting_metrics(profile)).any():  # no forgetting set was scored: nothing to count
         return pd.DataFrame(columns=CLAIM_COLUMNS)
-    flips = flip_items(items, df, profile)
+    panels = _longest_cells(profile, df, items)
+    if not panels:
+        return pd.DataFrame(columns=CLAIM_COLUMNS)
+    flips = flip_items(items, df, profile, pd.concat(panels.values()))  # only the cells the claims compare
     lost = [f"lost_{m}" for m in forgetting_metrics(profile)]
     rows = []
-    for (domain, regime), g in chosen_runs(profile, df, items).groupby(["domain", "regime"]):
-        last = _longest(g)
+    for (domain, regime), last in panels.items():
         full = last[last.method == "full"]
         if full.empty:
             continue
