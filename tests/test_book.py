@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import base64
 import io
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,15 +71,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(executed_notebook(title), path)
     results_table().to_csv(out / "results.csv", index=False)
-    before = os.environ.get("LORASTUDY_REPOSITORY_URL")
-    os.environ["LORASTUDY_REPOSITORY_URL"] = "https://github.com/OWNER/lorastudy"  # the launch buttons' target
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # a module-scoped fixture: the function-scoped monkeypatch is not
+        mp.setenv("LORASTUDY_REPOSITORY_URL", "https://github.com/OWNER/lorastudy")  # the launch buttons' target
         html = build_book("tiny", out, book_dir=book_dir)
-    finally:
-        if before is None:
-            del os.environ["LORASTUDY_REPOSITORY_URL"]
-        else:
-            os.environ["LORASTUDY_REPOSITORY_URL"] = before
     return html, out
 
 
