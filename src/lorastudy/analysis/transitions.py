@@ -21,6 +21,7 @@ from lorastudy.analysis.learning_forgetting import (
     forgetting_metrics,
 )
 from lorastudy.config import Profile
+from lorastudy.plan import method_label
 
 FLIPS = ("lost", "gained")
 
@@ -69,12 +70,13 @@ def transitions_table(profile: Profile, df: pd.DataFrame, items: pd.DataFrame) -
     rows = []
     for (domain, regime), last in panels.items():
         for (method, rank), cell in last.groupby(["method", last.lora_rank.fillna(0)]):
-            arm = "full" if method == "full" else f"LoRA r={int(rank)}"
+            arm = method_label(method, rank)
             mine = flips.merge(cell[["run_id", "checkpoint"]], on=["run_id", "checkpoint"])  # the longest only
             for metric, k in chance.items():
                 acc = float(base_acc.get(metric, np.nan))
                 share = {f: float(mine[mine.metric == f"{f}_{metric}"].value.mean()) for f in FLIPS}
-                rows.append({"panel": f"{domain} {regime.upper()}", "arm": arm, "set": metric.rsplit("_acc", 1)[0],
+                rows.append({"panel": f"{domain} {regime.upper()}", "arm": arm, "method": method,
+                             "lora_rank": rank if method == "lora" else np.nan, "set": metric.rsplit("_acc", 1)[0],
                              "base_accuracy": acc, "lost": share["lost"], "gained": share["gained"],
                              "lost_if_guessing": acc * (1 - k), "gained_if_guessing": (1 - acc) * k,
                              "runs": cell.run_id.nunique()})

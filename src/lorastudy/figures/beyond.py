@@ -103,9 +103,9 @@ def plot_transitions(table: pd.DataFrame) -> Figure:
         if rows.empty:
             blank_panel(ax, "not run")
             continue
-        arms = list(dict.fromkeys(rows.arm))
-        mean = rows.groupby("arm", sort=False)[["lost", "gained", "lost_if_guessing"]].mean().loc[arms]
-        colours = [method_colour("full") if a == "full" else rank_colour(float(a.split("=")[1])) for a in arms]
+        arms = rows.drop_duplicates("arm")
+        mean = rows.groupby("arm", sort=False)[["lost", "gained", "lost_if_guessing"]].mean().loc[list(arms.arm)]
+        colours = [rank_colour(r) if m == "lora" else method_colour(m) for m, r in zip(arms.method, arms.lora_rank)]
         ax.bar(range(len(arms)), mean.lost, color=colours, label="lost (base right, arm wrong)")
         ax.bar(range(len(arms)), -mean.gained, color=colours, alpha=0.45, hatch="//", label="gained (drawn below 0)")
         ax.axhline(0, color=BASE_COLOUR, lw=0.8)
@@ -114,7 +114,7 @@ def plot_transitions(table: pd.DataFrame) -> Figure:
         ax.text(0.98, 0.95, f"a guessing model loses {float(mean.lost_if_guessing.iloc[0]):.2f}", ha="right",
                 va="top", transform=ax.transAxes, color=GUIDE_COLOUR, fontsize="small")
         ax.set_xticks(range(len(arms)))
-        ax.set_xticklabels([a.replace("LoRA ", "") for a in arms])
+        ax.set_xticklabels([a.removeprefix("LoRA ") for a in arms.arm])
         ax.set_ylabel("share of items (mean of the sets)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3)
