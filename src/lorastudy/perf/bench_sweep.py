@@ -125,8 +125,9 @@ def print_report(profile: Profile, out_root: Path, *, peak: bool = True) -> dict
     print("sum over runs (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in s["sum_phase_s"].items()))
     if peak:
         threads = int(runs.threads.dropna().iloc[0]) if runs.threads.notna().any() else os.cpu_count()
-        s["matmul_peak_gflops"] = matmul_peak(threads) / 1e9
-        eff = efficiency(runs, s["matmul_peak_gflops"] * 1e9)
+        peak_flops = matmul_peak(threads)
+        s["matmul_peak_gflops"] = peak_flops / 1e9
+        eff = efficiency(runs, peak_flops)
         print(f"training against the fp32 matmul peak at {threads} thread(s):")
         print(eff.round(3).to_string(index=False))
         s["efficiency"] = eff.to_dict("records")
